@@ -1,0 +1,340 @@
+//! Gateway configuration: defaults, then a TOML file, then `WHIPCORD_*`
+//! environment variables, then command-line flags (each layer overrides the
+//! one before). Every field has a default so the gateway serves with no
+//! configuration at all.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// Command-line flags. Each flag can also be set through the environment
+/// variable named in its help text; unset flags fall back to the config file
+/// and then to the built-in defaults.
+#[derive(Debug, Parser, Default)]
+#[command(
+    name = "whipcord",
+    version,
+    about = "Whipcord: WHIP/WHEP live-streaming and recording gateway",
+    long_about = "Whipcord accepts WebRTC publishers over WHIP (OBS, browsers) and serves \
+                  viewers over WHEP, with browser pages to publish and watch.\n\n\
+                  Settings are read from built-in defaults, then the TOML file given by \
+                  --config, then WHIPCORD_* environment variables, then flags."
+)]
+pub struct Cli {
+    /// TOML configuration file (see README for every key).
+    #[arg(long, short = 'c', env = "WHIPCORD_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// HTTP listen address for WHIP, WHEP, pages and APIs [default: 0.0.0.0:8080].
+    #[arg(long, env = "WHIPCORD_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+
+    /// UDP listen address shared by every WebRTC peer [default: 0.0.0.0:8189].
+    #[arg(long, env = "WHIPCORD_MEDIA_LISTEN")]
+    pub media_listen: Option<SocketAddr>,
+
+    /// Directory for recordings and the catalog [default: ./data].
+    #[arg(long, env = "WHIPCORD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Address to advertise in ICE candidates instead of the local ones
+    /// (NAT 1:1, containers). Repeat for several addresses.
+    #[arg(long = "public-ip", env = "WHIPCORD_PUBLIC_IP", value_delimiter = ',')]
+    pub public_ip: Vec<IpAddr>,
+
+    /// Local addresses to advertise as host candidates when the media socket
+    /// listens on a wildcard address [default: every interface address].
+    #[arg(
+        long = "candidate-ip",
+        env = "WHIPCORD_CANDIDATE_IP",
+        value_delimiter = ','
+    )]
+    pub candidate_ip: Vec<IpAddr>,
+
+    /// STUN/TURN server announced to clients in `Link` headers, as a URL
+    /// (`stun:host:port`, `turn:host:port?transport=udp`). Repeatable.
+    #[arg(
+        long = "ice-server",
+        env = "WHIPCORD_ICE_SERVER",
+        value_delimiter = ','
+    )]
+    pub ice_server: Vec<String>,
+
+    /// Username for the TURN servers given with --ice-server.
+    #[arg(long, env = "WHIPCORD_ICE_USERNAME")]
+    pub ice_username: Option<String>,
+
+    /// Credential for the TURN servers given with --ice-server.
+    #[arg(long, env = "WHIPCORD_ICE_CREDENTIAL")]
+    pub ice_credential: Option<String>,
+
+    /// Bearer token every publisher must present (unless a stream has its own).
+    #[arg(long, env = "WHIPCORD_PUBLISH_TOKEN")]
+    pub publish_token: Option<String>,
+
+    /// Bearer token every viewer must present (unless a stream has its own).
+    #[arg(long, env = "WHIPCORD_WATCH_TOKEN")]
+    pub watch_token: Option<String>,
+
+    /// Let a new publisher take over a live stream instead of getting 409.
+    #[arg(long, env = "WHIPCORD_PUBLISHER_TAKEOVER", num_args = 0..=1, default_missing_value = "true")]
+    pub publisher_takeover: Option<bool>,
+
+    /// Seconds without media after which a publisher is considered gone [default: 30].
+    #[arg(long, env = "WHIPCORD_MEDIA_TIMEOUT")]
+    pub media_timeout_secs: Option<u64>,
+
+    /// Kernel receive buffer for the media socket, bytes [default: 8388608].
+    #[arg(long, env = "WHIPCORD_UDP_RECV_BUFFER")]
+    pub udp_recv_buffer: Option<usize>,
+
+    /// Log filter in `tracing` syntax, e.g. `info,whipcord=debug` [default: info, WebRTC stack at warn].
+    #[arg(long, env = "WHIPCORD_LOG")]
+    pub log: Option<String>,
+}
+
+/// A STUN or TURN server announced to clients.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub credential: Option<String>,
+}
+
+/// Per-stream settings from `[[stream]]` tables.
+#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StreamConfig {
+    pub name: String,
+    #[serde(default)]
+    pub publish_token: Option<String>,
+    #[serde(default)]
+    pub watch_token: Option<String>,
+}
+
+/// The effective configuration after all layers are merged.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub http_listen: SocketAddr,
+    pub media_listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub public_ip: Vec<IpAddr>,
+    pub candidate_ip: Vec<IpAddr>,
+    pub ice_servers: Vec<IceServer>,
+    pub publish_token: Option<String>,
+    pub watch_token: Option<String>,
+    pub publisher_takeover: bool,
+    pub media_timeout_secs: u64,
+    pub udp_recv_buffer: usize,
+    pub log: String,
+    #[serde(rename = "stream")]
+    pub streams: Vec<StreamConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            http_listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            media_listen: SocketAddr::from(([0, 0, 0, 0], 8189)),
+            data_dir: PathBuf::from("./data"),
+            public_ip: Vec::new(),
+            candidate_ip: Vec::new(),
+            ice_servers: Vec::new(),
+            publish_token: None,
+            watch_token: None,
+            publisher_takeover: false,
+            media_timeout_secs: 30,
+            udp_recv_buffer: 8 * 1024 * 1024,
+            log: DEFAULT_LOG.to_owned(),
+            streams: Vec::new(),
+        }
+    }
+}
+
+/// Default log filter: our own info lines, and only problems from the
+/// WebRTC stack, which logs every browser DTLS extension it skips.
+pub const DEFAULT_LOG: &str =
+    "info,rtc=warn,rtc_ice=warn,rtc_dtls=error,rtc_sctp=warn,rtc_interceptor=warn";
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Builds the effective configuration from flags (which already carry
+    /// environment values) layered over the optional file.
+    pub fn load(cli: &Cli) -> Result<Self, ConfigError> {
+        let mut config = match &cli.config {
+            Some(path) => Self::from_file(path)?,
+            None => Self::default(),
+        };
+        config.apply_cli(cli);
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    fn apply_cli(&mut self, cli: &Cli) {
+        if let Some(v) = cli.http_listen {
+            self.http_listen = v;
+        }
+        if let Some(v) = cli.media_listen {
+            self.media_listen = v;
+        }
+        if let Some(v) = &cli.data_dir {
+            self.data_dir = v.clone();
+        }
+        if !cli.public_ip.is_empty() {
+            self.public_ip = cli.public_ip.clone();
+        }
+        if !cli.candidate_ip.is_empty() {
+            self.candidate_ip = cli.candidate_ip.clone();
+        }
+        if !cli.ice_server.is_empty() {
+            self.ice_servers = cli
+                .ice_server
+                .iter()
+                .map(|url| IceServer {
+                    urls: vec![url.clone()],
+                    username: cli.ice_username.clone(),
+                    credential: cli.ice_credential.clone(),
+                })
+                .collect();
+        }
+        if let Some(v) = &cli.publish_token {
+            self.publish_token = Some(v.clone());
+        }
+        if let Some(v) = &cli.watch_token {
+            self.watch_token = Some(v.clone());
+        }
+        if let Some(v) = cli.publisher_takeover {
+            self.publisher_takeover = v;
+        }
+        if let Some(v) = cli.media_timeout_secs {
+            self.media_timeout_secs = v;
+        }
+        if let Some(v) = cli.udp_recv_buffer {
+            self.udp_recv_buffer = v;
+        }
+        if let Some(v) = &cli.log {
+            self.log = v.clone();
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.media_timeout_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "media_timeout_secs must be > 0".into(),
+            ));
+        }
+        for server in &self.ice_servers {
+            for url in &server.urls {
+                if !(url.starts_with("stun:")
+                    || url.starts_with("stuns:")
+                    || url.starts_with("turn:")
+                    || url.starts_with("turns:"))
+                {
+                    return Err(ConfigError::Invalid(format!(
+                        "ice server URL must start with stun:, stuns:, turn: or turns: ({url})"
+                    )));
+                }
+            }
+        }
+        for stream in &self.streams {
+            if !crate::stream_name::StreamName::is_valid(&stream.name) {
+                return Err(ConfigError::Invalid(format!(
+                    "invalid stream name in [[stream]]: {:?}",
+                    stream.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The per-stream table for `name`, if configured.
+    pub fn stream(&self, name: &str) -> Option<&StreamConfig> {
+        self.streams.iter().find(|s| s.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_serve_without_config() {
+        let config = Config::load(&Cli::default()).expect("defaults are valid");
+        assert_eq!(config.http_listen.port(), 8080);
+        assert_eq!(config.media_listen.port(), 8189);
+        assert_eq!(config.data_dir, PathBuf::from("./data"));
+    }
+
+    #[test]
+    fn file_then_flags() {
+        let dir = std::env::temp_dir().join(format!("whipcord-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            r#"
+http_listen = "127.0.0.1:9000"
+publish_token = "file"
+[[ice_servers]]
+urls = ["stun:stun.example.org:3478"]
+[[stream]]
+name = "cam"
+publish_token = "cam-secret"
+"#,
+        )
+        .expect("write");
+        let cli = Cli {
+            config: Some(path),
+            publish_token: Some("flag".into()),
+            ..Cli::default()
+        };
+        let config = Config::load(&cli).expect("valid");
+        assert_eq!(config.http_listen.port(), 9000);
+        assert_eq!(config.publish_token.as_deref(), Some("flag"));
+        assert_eq!(config.ice_servers.len(), 1);
+        assert_eq!(
+            config
+                .stream("cam")
+                .and_then(|s| s.publish_token.as_deref()),
+            Some("cam-secret")
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_an_error() {
+        let err = toml::from_str::<Config>("htp_listen = 1").unwrap_err();
+        assert!(err.to_string().contains("unknown field"));
+    }
+}

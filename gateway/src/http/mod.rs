@@ -1,0 +1,78 @@
+//! The HTTP surface: WHIP/WHEP resources, browser pages and the small JSON
+//! API, all on one port. Handlers only translate HTTP to [`Command`]s for the
+//! media plane; they never touch WebRTC state.
+
+mod cors;
+mod pages;
+mod resources;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{App, HttpServer, web};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::Config;
+use crate::signal::{Command, SignalError};
+
+/// Largest SDP body accepted. Real offers are a few KiB; anything near this
+/// is garbage or an attack and is refused with 413 before it is parsed.
+pub const MAX_SDP_BYTES: usize = 64 * 1024;
+
+/// How long a handler waits for the media plane before answering 503.
+const MEDIA_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sends commands to the media plane.
+#[derive(Clone)]
+pub struct MediaHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl MediaHandle {
+    pub fn new(tx: mpsc::Sender<Command>) -> Self {
+        Self { tx }
+    }
+
+    /// Sends the command built by `make` and waits for its reply.
+    pub async fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, SignalError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| SignalError::ShuttingDown)?;
+        match tokio::time::timeout(MEDIA_REPLY_TIMEOUT, rx).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(_)) => Err(SignalError::ShuttingDown),
+            Err(_) => Err(SignalError::Internal("media plane did not answer".into())),
+        }
+    }
+}
+
+/// Shared state of every handler.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub media: MediaHandle,
+}
+
+/// Builds and binds the HTTP server; the caller awaits the returned server.
+pub fn server(state: Arc<AppState>) -> std::io::Result<actix_web::dev::Server> {
+    let listen = state.config.http_listen;
+    let data = web::Data::from(state);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .app_data(web::PayloadConfig::new(MAX_SDP_BYTES))
+            .wrap(actix_web::middleware::from_fn(cors::add_cors_headers))
+            .configure(resources::routes)
+            .configure(pages::routes)
+    })
+    .workers(2)
+    .shutdown_timeout(5)
+    .disable_signals()
+    .bind(listen)?
+    .run();
+    Ok(server)
+}

@@ -1,0 +1,58 @@
+//! Browser pages and their assets, embedded in the binary so the gateway
+//! needs no files beside it and no CDN.
+
+use actix_web::http::header;
+use actix_web::{HttpResponse, web};
+
+use super::AppState;
+use crate::signal::Command;
+
+const INDEX_HTML: &str = include_str!("../../assets/index.html");
+const PUBLISH_HTML: &str = include_str!("../../assets/publish.html");
+const WATCH_HTML: &str = include_str!("../../assets/watch.html");
+const STYLE_CSS: &str = include_str!("../../assets/style.css");
+const WHIP_JS: &str = include_str!("../../assets/whip.js");
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/", web::get().to(|| page(INDEX_HTML)))
+        .route("/publish/{stream}", web::get().to(|| page(PUBLISH_HTML)))
+        .route("/watch/{stream}", web::get().to(|| page(WATCH_HTML)))
+        .route(
+            "/assets/style.css",
+            web::get().to(|| asset(STYLE_CSS, "text/css; charset=utf-8")),
+        )
+        .route(
+            "/assets/whip.js",
+            web::get().to(|| asset(WHIP_JS, "text/javascript; charset=utf-8")),
+        )
+        .route("/api/streams", web::get().to(list_streams))
+        .route(
+            "/healthz",
+            web::get().to(|| async { HttpResponse::Ok().body("ok") }),
+        );
+}
+
+async fn page(html: &'static str) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .body(html)
+}
+
+async fn asset(body: &'static str, content_type: &'static str) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(content_type)
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .body(body)
+}
+
+async fn list_streams(state: web::Data<AppState>) -> HttpResponse {
+    match state
+        .media
+        .request(|reply| Command::ListStreams { reply })
+        .await
+    {
+        Ok(streams) => HttpResponse::Ok().json(serde_json::json!({ "streams": streams })),
+        Err(err) => HttpResponse::ServiceUnavailable().body(err.to_string()),
+    }
+}

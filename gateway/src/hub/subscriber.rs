@@ -1,0 +1,161 @@
+//! Internal subscribers of a stream (recorder, RTMP, HLS): each gets its own
+//! bounded queue so a slow one loses its own oldest packets and never stalls
+//! the media thread, the viewers or the other subscribers.
+#![allow(
+    dead_code,
+    reason = "the recorder and RTMP/HLS sinks consume this (issues 3, 5)"
+)]
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use recorder::codec::Codec;
+use rtc::rtp::Packet;
+use tokio::sync::Notify;
+
+/// What a subscriber receives.
+#[derive(Debug, Clone)]
+pub enum HubEvent {
+    /// The stream's tracks, sent first and again whenever they change.
+    Tracks(Vec<TrackDescription>),
+    /// One RTP packet of track `track` (index into the last `Tracks`).
+    Rtp { track: usize, packet: Packet },
+    /// The publisher left; nothing more will come.
+    EndOfStream,
+}
+
+/// A track as a subscriber needs to know it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrackDescription {
+    pub codec: Codec,
+    pub clock_rate: u32,
+    pub channels: u16,
+    pub fmtp: String,
+}
+
+struct Queue {
+    events: VecDeque<HubEvent>,
+    closed: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    notify: Notify,
+    capacity: usize,
+    dropped: AtomicU64,
+}
+
+/// The hub's end of a subscription.
+#[derive(Clone)]
+pub struct SubscriberSender {
+    shared: Arc<Shared>,
+}
+
+/// The subscriber's end.
+pub struct SubscriberReceiver {
+    shared: Arc<Shared>,
+}
+
+pub fn channel(capacity: usize) -> (SubscriberSender, SubscriberReceiver) {
+    let shared = Arc::new(Shared {
+        queue: Mutex::new(Queue {
+            events: VecDeque::with_capacity(capacity.min(1024)),
+            closed: false,
+        }),
+        notify: Notify::new(),
+        capacity: capacity.max(1),
+        dropped: AtomicU64::new(0),
+    });
+    (
+        SubscriberSender {
+            shared: shared.clone(),
+        },
+        SubscriberReceiver { shared },
+    )
+}
+
+impl SubscriberSender {
+    /// Queues an event, dropping the oldest queued packet when full. Returns
+    /// false once the receiver is gone, so the hub can forget it.
+    pub fn send(&self, event: HubEvent) -> bool {
+        if Arc::strong_count(&self.shared) == 1 {
+            return false;
+        }
+        {
+            let mut queue = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+            if queue.events.len() >= self.shared.capacity {
+                queue.events.pop_front();
+                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            if matches!(event, HubEvent::EndOfStream) {
+                queue.closed = true;
+            }
+            queue.events.push_back(event);
+        }
+        self.shared.notify.notify_one();
+        true
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl SubscriberReceiver {
+    /// Next event; `None` after the end of stream has been taken.
+    pub async fn recv(&self) -> Option<HubEvent> {
+        loop {
+            {
+                let mut queue = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(event) = queue.events.pop_front() {
+                    return Some(event);
+                }
+                if queue.closed {
+                    return None;
+                }
+            }
+            self.shared.notify.notified().await;
+        }
+    }
+
+    /// Packets this subscriber lost because it fell behind.
+    pub fn dropped(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rtp(seq: u16) -> HubEvent {
+        let mut packet = Packet::default();
+        packet.header.sequence_number = seq;
+        HubEvent::Rtp { track: 0, packet }
+    }
+
+    #[tokio::test]
+    async fn slow_subscriber_drops_oldest_and_counts() {
+        let (tx, rx) = channel(4);
+        for seq in 0..10 {
+            assert!(tx.send(rtp(seq)));
+        }
+        tx.send(HubEvent::EndOfStream);
+        assert_eq!(rx.dropped(), 7);
+        let mut seqs = Vec::new();
+        while let Some(event) = rx.recv().await {
+            if let HubEvent::Rtp { packet, .. } = event {
+                seqs.push(packet.header.sequence_number);
+            }
+        }
+        assert_eq!(seqs, vec![7, 8, 9]);
+    }
+
+    #[test]
+    fn sender_notices_dropped_receiver() {
+        let (tx, rx) = channel(4);
+        drop(rx);
+        assert!(!tx.send(rtp(1)));
+    }
+}

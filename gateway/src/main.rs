@@ -1,0 +1,85 @@
+//! `whipcord`: the gateway binary and composition root.
+
+mod auth;
+mod config;
+mod http;
+mod hub;
+mod media;
+mod sdpfrag;
+mod signal;
+mod stream_name;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use tracing::{info, warn};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Cli, Config};
+use crate::signal::Command;
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = Config::load(&cli).context("loading configuration")?;
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none(),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = Arc::new(config);
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+
+    let (media, media_thread, media_addr) =
+        media::start(config.clone()).context("starting the media plane")?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the HTTP runtime")?;
+    runtime.block_on(async {
+        let state = Arc::new(http::AppState {
+            config: config.clone(),
+            media: media.clone(),
+        });
+        let server = http::server(state).context("binding the HTTP listener")?;
+        let handle = server.handle();
+        info!(http = %config.http_listen, media = %media_addr, "whipcord is serving");
+        let server_task = tokio::spawn(server);
+        shutdown_signal().await;
+        info!("shutting down");
+        if let Err(err) = media.request(|reply| Command::Shutdown { reply }).await {
+            warn!("media plane shutdown: {err}");
+        }
+        handle.stop(true).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), server_task).await;
+        anyhow::Ok(())
+    })?;
+    if media_thread.join().is_err() {
+        warn!("media thread panicked");
+    }
+    info!("bye");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(err) => {
+            warn!("cannot listen for SIGTERM: {err}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

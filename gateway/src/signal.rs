@@ -1,0 +1,149 @@
+//! The signalling contract between the HTTP layer and the media plane.
+//!
+//! HTTP handlers run on actix workers; every peer connection lives on the
+//! media thread. Handlers send a [`Command`] over a channel and await the
+//! reply on a oneshot, so no WebRTC state is ever shared across threads.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use tokio::sync::oneshot;
+
+use crate::stream_name::StreamName;
+
+/// Which side of a stream a session is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// A WHIP publisher.
+    Publisher,
+    /// A WHEP viewer.
+    Viewer,
+}
+
+impl Role {
+    pub fn path_prefix(self) -> &'static str {
+        match self {
+            Role::Publisher => "whip",
+            Role::Viewer => "whep",
+        }
+    }
+}
+
+/// Opaque, unguessable id of a WHIP/WHEP session resource.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(String);
+
+impl SessionId {
+    pub fn random() -> Self {
+        let bytes: [u8; 16] = rand::random();
+        Self(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// Accepts only ids of the shape [`SessionId::random`] produces.
+    pub fn parse(raw: &str) -> Option<Self> {
+        (raw.len() == 32 && raw.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| Self(raw.to_ascii_lowercase()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Who is asking, for logs and stats.
+#[derive(Debug, Clone, Default)]
+pub struct ClientInfo {
+    pub address: Option<SocketAddr>,
+    pub user_agent: Option<String>,
+}
+
+/// A successful WHIP/WHEP offer/answer exchange.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub session: SessionId,
+    pub sdp: String,
+    pub etag: String,
+}
+
+/// The result of a trickle/restart PATCH.
+#[derive(Debug, Clone)]
+pub enum PatchOutcome {
+    /// Candidates were added (204).
+    Trickled,
+    /// ICE restarted; the new local ICE credentials and candidates (200).
+    Restarted { sdpfrag: String, etag: String },
+}
+
+/// A PATCH body after parsing.
+#[derive(Debug, Clone)]
+pub struct PatchRequest {
+    pub if_match: Option<String>,
+    pub fragment: crate::sdpfrag::SdpFragment,
+}
+
+/// Live stream summary for listings.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StreamSummary {
+    pub name: String,
+    pub codecs: Vec<String>,
+    pub viewers: usize,
+    pub uptime_s: u64,
+}
+
+/// Why a signalling request failed; each maps to one HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignalError {
+    #[error("invalid offer: {0}")]
+    BadOffer(String),
+    #[error("stream is not live")]
+    StreamNotLive,
+    #[error("stream already has a publisher")]
+    StreamBusy,
+    #[error("no such session")]
+    UnknownSession,
+    #[error("If-Match does not match the session's ETag")]
+    PreconditionFailed,
+    #[error("{0}")]
+    UnsupportedCodec(String),
+    #[error("server is shutting down")]
+    ShuttingDown,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// A request to the media plane.
+#[derive(Debug)]
+pub enum Command {
+    Offer {
+        role: Role,
+        stream: StreamName,
+        offer: String,
+        client: ClientInfo,
+        reply: oneshot::Sender<Result<Answer, SignalError>>,
+    },
+    Patch {
+        role: Role,
+        stream: StreamName,
+        session: SessionId,
+        request: PatchRequest,
+        reply: oneshot::Sender<Result<PatchOutcome, SignalError>>,
+    },
+    Delete {
+        role: Role,
+        stream: StreamName,
+        session: SessionId,
+        reply: oneshot::Sender<Result<(), SignalError>>,
+    },
+    ListStreams {
+        reply: oneshot::Sender<Vec<StreamSummary>>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Runs Whipcord's whole test suite on a fresh Debian machine: installs what
+# the tests need (idempotently), builds once in release mode, runs formatting
+# and lint checks, unit tests, end-to-end tests against the real binary, the
+# headless-Chromium browser test and a load-tool smoke run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+ARTIFACTS=${ARTIFACTS_DIR:-$ROOT/artifacts}
+mkdir -p "$ARTIFACTS"
+export CARGO_TERM_COLOR=never
+
+step() { printf '\n==== %s (%ss)\n' "$*" "$SECONDS"; }
+
+# --- system packages the tests use --------------------------------------------
+need=()
+command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
+if ((${#need[@]})); then
+  step "apt-get install ${need[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+if ! command -v cargo-nextest >/dev/null 2>&1; then
+  step "cargo install cargo-nextest"
+  cargo install --locked cargo-nextest
+fi
+
+# --- static checks -------------------------------------------------------------
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --release --workspace --all-targets -- -D warnings
+
+# --- one release build, then every test against it -------------------------------
+step "cargo build (release)"
+cargo build --release --workspace --all-targets
+export WHIPCORD_BIN=$ROOT/target/release/whipcord
+
+step "unit and end-to-end tests"
+cargo nextest run --release --workspace --no-fail-fast
+
+step "browser test (headless Chromium)"
+(cd tests/browser && npm ci --no-audit --no-fund --silent)
+BROWSER_LOG=$ARTIFACTS/browser-gateway.log
+"$WHIPCORD_BIN" --http-listen 127.0.0.1:18480 --media-listen 127.0.0.1:18489 \
+  --data-dir "$(mktemp -d)" >"$BROWSER_LOG" 2>&1 &
+GW=$!
+trap 'kill $GW 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do
+  curl -sf http://127.0.0.1:18480/healthz >/dev/null 2>&1 && break
+  sleep 0.1
+done
+WHIPCORD_URL=http://127.0.0.1:18480 ARTIFACTS_DIR=$ARTIFACTS/browser \
+  timeout 120 node tests/browser/browser_e2e.mjs
+kill $GW; wait $GW 2>/dev/null || true
+trap - EXIT
+
+step "done"
+echo "all test stages passed in ${SECONDS}s"

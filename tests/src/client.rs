@@ -1,0 +1,875 @@
+//! In-process WHIP publishers and WHEP viewers built on the async `webrtc`
+//! crate, talking to the gateway over loopback only (ICE pinned to
+//! 127.0.0.1, mDNS off, no STUN).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use tokio::sync::{mpsc, watch};
+use webrtc::data_channel::{DataChannel, DataChannelEvent};
+use webrtc::media_stream::MediaStreamTrack;
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_local::TrackLocalEvent;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
+    RTCConfigurationBuilder, RTCIceConnectionState, RTCIceGatheringState, RTCPeerConnectionState,
+    RTCSessionDescription, Registry, SettingEngineBuilder, register_default_interceptors,
+};
+use webrtc::rtp_transceiver::{
+    RTCRtpTransceiverDirection as Dir, RTCRtpTransceiverInit, RtpSender,
+};
+
+use rtc::ice::{mdns::MulticastDnsMode, network_type::NetworkType};
+use rtc::interceptor::{
+    Attribute, Interceptor, Packet as ChainPacket, Slot, StreamInfo, TaggedPacket,
+};
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RtpCodecKind,
+};
+use rtc::sansio::Protocol;
+
+use crate::synth::{self, VideoCodec};
+
+// ---------------------------------------------------------------------------
+// Peer connection plumbing
+
+struct Handler {
+    gathering: watch::Sender<RTCIceGatheringState>,
+    state: watch::Sender<RTCPeerConnectionState>,
+    tracks: mpsc::UnboundedSender<Arc<dyn TrackRemote>>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_gathering_state_change(&self, s: RTCIceGatheringState) {
+        let _ = self.gathering.send(s);
+    }
+    async fn on_ice_connection_state_change(&self, _s: RTCIceConnectionState) {}
+    async fn on_connection_state_change(&self, s: RTCPeerConnectionState) {
+        let _ = self.state.send(s);
+    }
+    async fn on_track(&self, t: Arc<dyn TrackRemote>) {
+        let _ = self.tracks.send(t);
+    }
+}
+
+/// Marks inbound keyframe requests for delivery, so a publisher can see
+/// (and choose to ignore) the gateway's PLIs.
+#[derive(Default)]
+struct KeyframeRequestsToApp {
+    reads: VecDeque<TaggedPacket>,
+    writes: VecDeque<TaggedPacket>,
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestsToApp {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let ChainPacket::Rtcp(pkts) = &msg.message.packet
+            && pkts.iter().any(|p| {
+                p.as_any().is::<PictureLossIndication>() || p.as_any().is::<FullIntraRequest>()
+            })
+        {
+            msg.message.add(Attribute::DeliverToApplication);
+        }
+        self.reads.push_back(msg);
+        Ok(())
+    }
+    fn poll_read(&mut self) -> Option<TaggedPacket> {
+        self.reads.pop_front()
+    }
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.writes.push_back(msg);
+        Ok(())
+    }
+    fn poll_write(&mut self) -> Option<TaggedPacket> {
+        self.writes.pop_front()
+    }
+}
+
+impl Interceptor for KeyframeRequestsToApp {
+    fn bind_local_stream(&mut self, _: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _: &StreamInfo) {}
+}
+
+/// Which codecs the client's media engine offers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum CodecSet {
+    /// Every default codec (a browser-like viewer).
+    Default,
+    /// Only H264 on PT 96 and Opus on PT 111, as OBS offers.
+    ObsLike,
+}
+
+struct Conn {
+    pc: Arc<dyn PeerConnection>,
+    gathering: watch::Receiver<RTCIceGatheringState>,
+    state: watch::Receiver<RTCPeerConnectionState>,
+    tracks: mpsc::UnboundedReceiver<Arc<dyn TrackRemote>>,
+}
+
+async fn new_conn(codecs: CodecSet) -> Result<Conn> {
+    let mut me = MediaEngine::default();
+    match codecs {
+        CodecSet::Default => me.register_default_codecs()?,
+        CodecSet::ObsLike => {
+            me.register_codec(
+                RTCRtpCodecParameters {
+                    rtp_codec: synth::opus_codec(),
+                    payload_type: 111,
+                },
+                RtpCodecKind::Audio,
+            )?;
+            me.register_codec(
+                RTCRtpCodecParameters {
+                    rtp_codec: VideoCodec::H264.rtp_codec(),
+                    payload_type: 96,
+                },
+                RtpCodecKind::Video,
+            )?;
+        }
+    }
+    let registry = register_default_interceptors(Registry::new(), &mut me)?
+        .with(Slot::from(14_000), KeyframeRequestsToApp::default());
+    let se = SettingEngineBuilder::new()
+        .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+        .with_network_types(vec![NetworkType::Udp4])
+        .build();
+    let (gtx, gathering) = watch::channel(RTCIceGatheringState::New);
+    let (stx, state) = watch::channel(RTCPeerConnectionState::New);
+    let (ttx, tracks) = mpsc::unbounded_channel();
+    let handler = Arc::new(Handler {
+        gathering: gtx,
+        state: stx,
+        tracks: ttx,
+    });
+    let pc = PeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_media_engine(me)
+        .with_setting_engine(se)
+        .with_interceptor_registry(registry)
+        .with_handler(handler)
+        .with_udp_addrs(vec!["127.0.0.1:0"])
+        .build()
+        .await?;
+    Ok(Conn {
+        pc: Arc::new(pc),
+        gathering,
+        state,
+        tracks,
+    })
+}
+
+impl Conn {
+    async fn local_offer(&mut self) -> Result<String> {
+        let offer = self.pc.create_offer(None).await?;
+        self.pc.set_local_description(offer).await?;
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            self.gathering
+                .wait_for(|s| *s == RTCIceGatheringState::Complete),
+        )
+        .await
+        .context("ICE gathering timed out")??;
+        Ok(self
+            .pc
+            .local_description()
+            .await
+            .ok_or_else(|| anyhow!("no local description"))?
+            .sdp)
+    }
+
+    async fn wait_connected(&mut self, limit: Duration) -> Result<()> {
+        use RTCPeerConnectionState::*;
+        let state = tokio::time::timeout(
+            limit,
+            self.state
+                .wait_for(|s| matches!(s, Connected | Failed | Closed)),
+        )
+        .await
+        .context("peer connection did not connect in time")??;
+        if *state != Connected {
+            bail!("peer connection ended in {}", *state);
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// HTTP signalling
+
+/// The gateway's reply to an offer.
+#[derive(Debug, Clone)]
+pub struct SignalReply {
+    pub status: u16,
+    pub location: Option<String>,
+    pub etag: Option<String>,
+    pub links: Vec<String>,
+    pub body: String,
+}
+
+pub async fn post_offer(url: &str, sdp: &str, token: Option<&str>) -> Result<SignalReply> {
+    let client = reqwest::Client::new();
+    let mut req = client
+        .post(url)
+        .header("Content-Type", "application/sdp")
+        .body(sdp.to_owned());
+    if let Some(t) = token {
+        req = req.header("Authorization", format!("Bearer {t}"));
+    }
+    let res = req.send().await?;
+    let header = |name: &str| {
+        res.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let location = header("location");
+    let etag = header("etag");
+    let links = res
+        .headers()
+        .get_all("link")
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_owned))
+        .collect();
+    let status = res.status().as_u16();
+    let body = res.text().await?;
+    Ok(SignalReply {
+        status,
+        location,
+        etag,
+        links,
+        body,
+    })
+}
+
+fn absolute(base: &str, location: &str) -> String {
+    if location.starts_with("http") {
+        location.to_owned()
+    } else {
+        format!("{base}{location}")
+    }
+}
+
+/// Sends DELETE to a session resource; returns the status.
+pub async fn delete(url: &str, token: Option<&str>) -> Result<u16> {
+    let mut req = reqwest::Client::new().delete(url);
+    if let Some(t) = token {
+        req = req.header("Authorization", format!("Bearer {t}"));
+    }
+    Ok(req.send().await?.status().as_u16())
+}
+
+// ---------------------------------------------------------------------------
+// Publisher
+
+/// How a publisher shapes its offer.
+#[derive(Clone)]
+pub struct PublishOptions {
+    pub video: Option<VideoCodec>,
+    pub audio: bool,
+    pub token: Option<String>,
+    /// Rewrite the offer the way OBS sends it: no candidates, session-level
+    /// ICE attributes and fingerprint, `a=group:LS`, PT 96/111.
+    pub obs_shape: bool,
+}
+
+impl Default for PublishOptions {
+    fn default() -> Self {
+        Self {
+            video: Some(VideoCodec::H264),
+            audio: true,
+            token: None,
+            obs_shape: false,
+        }
+    }
+}
+
+pub struct Publisher {
+    conn: Conn,
+    pub resource: String,
+    pub etag: Option<String>,
+    pub answer: String,
+    token: Option<String>,
+    pub video: Option<(Arc<TrackLocalStaticRTP>, u32, u8, VideoCodec)>,
+    pub audio: Option<(Arc<TrackLocalStaticRTP>, u32, u8)>,
+    /// Keyframe requests the gateway sent us.
+    pub plis: Arc<Mutex<u32>>,
+}
+
+async fn pt_for(sender: &Arc<dyn RtpSender>, codec: &RTCRtpCodec) -> Result<u8> {
+    let p = sender.get_parameters().await?;
+    let same = |x: &RTCRtpCodec| x.mime_type.eq_ignore_ascii_case(&codec.mime_type);
+    p.rtp_parameters
+        .codecs
+        .iter()
+        .find(|x| same(&x.rtp_codec))
+        .map(|x| x.payload_type)
+        .ok_or_else(|| anyhow!("{} not negotiated", codec.mime_type))
+}
+
+fn track(kind: RtpCodecKind, id: &str, codec: RTCRtpCodec, ssrc: u32) -> MediaStreamTrack {
+    MediaStreamTrack::new(
+        "whipcord-test".into(),
+        id.into(),
+        format!("{id}-label"),
+        kind,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
+            codec,
+            ..Default::default()
+        }],
+    )
+}
+
+fn sendonly() -> Option<RTCRtpTransceiverInit> {
+    Some(RTCRtpTransceiverInit {
+        direction: Dir::Sendonly,
+        streams: vec![],
+        send_encodings: vec![],
+    })
+}
+
+/// Rewrites a webrtc-rs offer into the shape OBS sends.
+pub fn obs_shape(sdp: &str) -> String {
+    let lines: Vec<&str> = sdp.lines().map(|l| l.trim_end_matches('\r')).collect();
+    let find = |prefix: &str| {
+        lines
+            .iter()
+            .find(|l| l.starts_with(prefix))
+            .map(|l| l.to_string())
+    };
+    let ufrag = find("a=ice-ufrag:");
+    let pwd = find("a=ice-pwd:");
+    let fingerprint = find("a=fingerprint:");
+    let mut out = Vec::new();
+    let mut in_media = false;
+    for line in &lines {
+        if line.starts_with("a=candidate")
+            || line.starts_with("a=end-of-candidates")
+            || line.starts_with("a=ice-ufrag")
+            || line.starts_with("a=ice-pwd")
+            || line.starts_with("a=fingerprint")
+        {
+            continue;
+        }
+        if line.starts_with("m=") && !in_media {
+            in_media = true;
+            if let Some(l) = &ufrag {
+                out.push(l.clone());
+            }
+            if let Some(l) = &pwd {
+                out.push(l.clone());
+            }
+            if let Some(l) = &fingerprint {
+                out.push(l.clone());
+            }
+            out.push("a=ice-options:ice2,trickle".into());
+        }
+        if line.starts_with("a=group:BUNDLE") {
+            out.push(line.to_string());
+            out.push(line.replace("a=group:BUNDLE", "a=group:LS"));
+            continue;
+        }
+        out.push(line.to_string());
+    }
+    let mut joined = out.join("\r\n");
+    joined.push_str("\r\n");
+    joined
+}
+
+impl Publisher {
+    pub async fn connect(base: &str, stream: &str, options: PublishOptions) -> Result<Self> {
+        let mut conn = new_conn(if options.obs_shape {
+            CodecSet::ObsLike
+        } else {
+            CodecSet::Default
+        })
+        .await?;
+        let mut video = None;
+        let mut audio = None;
+        if options.audio {
+            let ssrc = rand::random::<u32>() | 1;
+            let t = Arc::new(TrackLocalStaticRTP::new(track(
+                RtpCodecKind::Audio,
+                "audio",
+                synth::opus_codec(),
+                ssrc,
+            )));
+            let tr = conn
+                .pc
+                .add_transceiver_from_track(t.clone(), sendonly())
+                .await?;
+            audio = Some((t, ssrc, tr));
+        }
+        if let Some(codec) = options.video {
+            let ssrc = rand::random::<u32>() | 1;
+            let t = Arc::new(TrackLocalStaticRTP::new(track(
+                RtpCodecKind::Video,
+                "video",
+                codec.rtp_codec(),
+                ssrc,
+            )));
+            let tr = conn
+                .pc
+                .add_transceiver_from_track(t.clone(), sendonly())
+                .await?;
+            video = Some((t, ssrc, tr, codec));
+        }
+        let mut offer = conn.local_offer().await?;
+        if options.obs_shape {
+            offer = obs_shape(&offer);
+        }
+        let reply = post_offer(
+            &format!("{base}/whip/{stream}"),
+            &offer,
+            options.token.as_deref(),
+        )
+        .await?;
+        if reply.status != 201 {
+            bail!("WHIP POST answered {}: {}", reply.status, reply.body);
+        }
+        let location = reply.location.clone().context("201 without Location")?;
+        conn.pc
+            .set_remote_description(RTCSessionDescription::answer(reply.body.clone())?)
+            .await?;
+        conn.wait_connected(Duration::from_secs(10)).await?;
+
+        let plis = Arc::new(Mutex::new(0u32));
+        let video = match video {
+            Some((t, ssrc, tr, codec)) => {
+                let sender = tr.sender().await?.context("video sender")?;
+                let pt = pt_for(&sender, &codec.rtp_codec()).await?;
+                let watcher: Arc<dyn TrackLocal> = t.clone();
+                let counter = plis.clone();
+                tokio::spawn(async move {
+                    while let Some(event) = watcher.poll().await {
+                        if let TrackLocalEvent::OnRtcpPacket(pkts) = event
+                            && pkts.iter().any(|p| {
+                                p.as_any().is::<PictureLossIndication>()
+                                    || p.as_any().is::<FullIntraRequest>()
+                            })
+                            && let Ok(mut n) = counter.lock()
+                        {
+                            *n += 1;
+                        }
+                    }
+                });
+                Some((t, ssrc, pt, codec))
+            }
+            None => None,
+        };
+        let audio = match audio {
+            Some((t, ssrc, tr)) => {
+                let sender = tr.sender().await?.context("audio sender")?;
+                let pt = pt_for(&sender, &synth::opus_codec()).await?;
+                Some((t, ssrc, pt))
+            }
+            None => None,
+        };
+        Ok(Self {
+            conn,
+            resource: absolute(base, &location),
+            etag: reply.etag,
+            answer: reply.body,
+            token: options.token,
+            video,
+            audio,
+            plis,
+        })
+    }
+
+    /// Publishes synthetic media in real time for `duration`, with a
+    /// keyframe every `gop` (and never on request: like OBS, it ignores PLI).
+    pub async fn run(&self, duration: Duration, gop: Duration) -> Result<()> {
+        let mut source = synth::Source::new(30, gop);
+        let start = Instant::now();
+        let mut frame = 0u64;
+        while start.elapsed() < duration {
+            let due = start + Duration::from_millis(frame * 1000 / 30);
+            tokio::time::sleep_until(due.into()).await;
+            if let Some((t, ssrc, pt, codec)) = &self.video {
+                for p in source.video_frame(*codec, *ssrc, *pt) {
+                    t.write_rtp(p).await?;
+                }
+            }
+            if let Some((t, ssrc, pt)) = &self.audio {
+                // 30 fps video frames, 50 audio packets per second.
+                for p in source.audio_until(*ssrc, *pt, due.duration_since(start)) {
+                    t.write_rtp(p).await?;
+                }
+            }
+            frame += 1;
+        }
+        Ok(())
+    }
+
+    pub fn pli_count(&self) -> u32 {
+        self.plis.lock().map(|n| *n).unwrap_or(0)
+    }
+
+    pub fn connection_state(&self) -> RTCPeerConnectionState {
+        *self.conn.state.borrow()
+    }
+
+    pub async fn delete(&self) -> Result<u16> {
+        delete(&self.resource, self.token.as_deref()).await
+    }
+
+    pub async fn close(self) -> Result<()> {
+        self.conn.pc.close().await?;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Viewer
+
+/// What a viewer saw on one track.
+#[derive(Debug, Clone, Default)]
+pub struct TrackStats {
+    pub kind: String,
+    pub mime: String,
+    pub packets: u64,
+    pub first_at: Option<Instant>,
+    pub first_payload: Vec<u8>,
+    pub last_at: Option<Instant>,
+    pub highest_seq: Option<u64>,
+    pub lowest_seq: Option<u64>,
+    /// Sequence numbers seen, for loss accounting (extended, unwrapped).
+    seen: std::collections::BTreeSet<u64>,
+    ended: bool,
+}
+
+impl TrackStats {
+    /// Packets missing between the first and last sequence number seen.
+    pub fn lost(&self) -> u64 {
+        match (self.lowest_seq, self.highest_seq) {
+            (Some(lo), Some(hi)) => (hi - lo + 1).saturating_sub(self.seen.len() as u64),
+            _ => 0,
+        }
+    }
+}
+
+pub struct Viewer {
+    conn: Conn,
+    pub resource: String,
+    pub etag: Option<String>,
+    pub answer: String,
+    pub connected_at: Instant,
+    pub requested_at: Instant,
+    pub stats: Arc<Mutex<Vec<TrackStats>>>,
+    pub messages: Arc<Mutex<Vec<String>>>,
+    token: Option<String>,
+}
+
+#[derive(Clone, Default)]
+pub struct WatchOptions {
+    pub token: Option<String>,
+    pub video: bool,
+    pub audio: bool,
+    pub data_channel: bool,
+}
+
+impl WatchOptions {
+    pub fn av() -> Self {
+        Self {
+            token: None,
+            video: true,
+            audio: true,
+            data_channel: true,
+        }
+    }
+}
+
+fn recvonly() -> Option<RTCRtpTransceiverInit> {
+    Some(RTCRtpTransceiverInit {
+        direction: Dir::Recvonly,
+        streams: vec![],
+        send_encodings: vec![],
+    })
+}
+
+/// Prepares a viewer offer without sending it.
+pub struct PendingViewer {
+    conn: Conn,
+    pub offer: String,
+    dc: Option<Arc<dyn DataChannel>>,
+}
+
+impl PendingViewer {
+    pub async fn new(options: &WatchOptions) -> Result<Self> {
+        let mut conn = new_conn(CodecSet::Default).await?;
+        if options.video {
+            conn.pc
+                .add_transceiver_from_kind(RtpCodecKind::Video, recvonly())
+                .await?;
+        }
+        if options.audio {
+            conn.pc
+                .add_transceiver_from_kind(RtpCodecKind::Audio, recvonly())
+                .await?;
+        }
+        let dc = if options.data_channel {
+            Some(conn.pc.create_data_channel("chat", None).await?)
+        } else {
+            None
+        };
+        let offer = conn.local_offer().await?;
+        Ok(Self { conn, offer, dc })
+    }
+}
+
+impl Viewer {
+    pub async fn connect(base: &str, stream: &str, options: WatchOptions) -> Result<Self> {
+        let pending = PendingViewer::new(&options).await?;
+        Self::connect_pending(base, stream, pending, options.token).await
+    }
+
+    pub async fn connect_pending(
+        base: &str,
+        stream: &str,
+        pending: PendingViewer,
+        token: Option<String>,
+    ) -> Result<Self> {
+        let PendingViewer {
+            mut conn,
+            offer,
+            dc,
+        } = pending;
+        let requested_at = Instant::now();
+        let reply = post_offer(&format!("{base}/whep/{stream}"), &offer, token.as_deref()).await?;
+        if reply.status != 201 {
+            bail!("WHEP POST answered {}: {}", reply.status, reply.body);
+        }
+        let location = reply.location.clone().context("201 without Location")?;
+        conn.pc
+            .set_remote_description(RTCSessionDescription::answer(reply.body.clone())?)
+            .await?;
+        let stats: Arc<Mutex<Vec<TrackStats>>> = Arc::new(Mutex::new(Vec::new()));
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        // Start readers before the connection is up: the first packets
+        // (the GOP replay) arrive right after DTLS completes.
+        let mut tracks = std::mem::replace(&mut conn.tracks, mpsc::unbounded_channel().1);
+        let reader_stats = stats.clone();
+        tokio::spawn(async move {
+            while let Some(track) = tracks.recv().await {
+                let stats = reader_stats.clone();
+                tokio::spawn(read_track(track, stats));
+            }
+        });
+        if let Some(dc) = dc {
+            let messages = messages.clone();
+            tokio::spawn(async move {
+                while let Some(event) = dc.poll().await {
+                    if let DataChannelEvent::OnMessage(m) = event
+                        && let Ok(mut list) = messages.lock()
+                    {
+                        list.push(String::from_utf8_lossy(&m.data).into_owned());
+                    }
+                }
+            });
+        }
+        conn.wait_connected(Duration::from_secs(10)).await?;
+        Ok(Self {
+            connected_at: Instant::now(),
+            requested_at,
+            conn,
+            resource: absolute(base, &location),
+            etag: reply.etag,
+            answer: reply.body,
+            stats,
+            messages,
+            token,
+        })
+    }
+
+    pub fn snapshot(&self) -> Vec<TrackStats> {
+        self.stats.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Waits until `n` tracks have each received at least `packets`.
+    pub async fn wait_tracks(
+        &self,
+        n: usize,
+        packets: u64,
+        limit: Duration,
+    ) -> Result<Vec<TrackStats>> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let snap = self.snapshot();
+            if snap.len() >= n && snap.iter().all(|t| t.packets >= packets) {
+                return Ok(snap);
+            }
+            if Instant::now() > deadline {
+                bail!("viewer saw {:?} within {limit:?}", summarize(&snap));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn connection_state(&self) -> RTCPeerConnectionState {
+        *self.conn.state.borrow()
+    }
+
+    /// Waits for the connection to leave Connected (the gateway ended it).
+    pub async fn wait_ended(&mut self, limit: Duration) -> Result<Duration> {
+        use RTCPeerConnectionState::*;
+        let start = Instant::now();
+        tokio::time::timeout(
+            limit,
+            self.conn
+                .state
+                .wait_for(|s| matches!(s, Disconnected | Failed | Closed)),
+        )
+        .await
+        .context("viewer connection did not end in time")??;
+        Ok(start.elapsed())
+    }
+
+    pub async fn delete(&self) -> Result<u16> {
+        delete(&self.resource, self.token.as_deref()).await
+    }
+
+    pub async fn close(self) -> Result<()> {
+        self.conn.pc.close().await?;
+        Ok(())
+    }
+}
+
+fn summarize(stats: &[TrackStats]) -> Vec<(String, u64)> {
+    stats.iter().map(|t| (t.mime.clone(), t.packets)).collect()
+}
+
+async fn read_track(track: Arc<dyn TrackRemote>, stats: Arc<Mutex<Vec<TrackStats>>>) {
+    let kind = track.kind().await.to_string();
+    let mime = match track.ssrcs().await.first() {
+        Some(ssrc) => track
+            .codec(*ssrc)
+            .await
+            .map(|c| c.mime_type)
+            .unwrap_or_default(),
+        None => String::new(),
+    };
+    let index = {
+        let Ok(mut list) = stats.lock() else { return };
+        list.push(TrackStats {
+            kind,
+            mime,
+            ..TrackStats::default()
+        });
+        list.len() - 1
+    };
+    let mut unwrap = SeqUnwrap::default();
+    while let Some(event) = track.poll().await {
+        match event {
+            TrackRemoteEvent::OnRtpPacket(packet) => {
+                let now = Instant::now();
+                let ext = unwrap.extend(packet.header.sequence_number);
+                let Ok(mut list) = stats.lock() else { return };
+                let Some(entry) = list.get_mut(index) else {
+                    return;
+                };
+                if entry.first_at.is_none() {
+                    entry.first_at = Some(now);
+                    entry.first_payload = packet.payload.to_vec();
+                }
+                if entry.mime.is_empty() {
+                    entry.mime = format!("pt{}", packet.header.payload_type);
+                }
+                entry.packets += 1;
+                entry.last_at = Some(now);
+                entry.highest_seq = Some(entry.highest_seq.map_or(ext, |h| h.max(ext)));
+                entry.lowest_seq = Some(entry.lowest_seq.map_or(ext, |l| l.min(ext)));
+                entry.seen.insert(ext);
+            }
+            TrackRemoteEvent::OnEnded => break,
+            _ => {}
+        }
+    }
+    if let Ok(mut list) = stats.lock()
+        && let Some(entry) = list.get_mut(index)
+    {
+        entry.ended = true;
+    }
+}
+
+/// Extends 16-bit sequence numbers across wraps.
+#[derive(Default)]
+struct SeqUnwrap {
+    last: Option<u64>,
+}
+
+impl SeqUnwrap {
+    fn extend(&mut self, seq: u16) -> u64 {
+        let Some(last) = self.last else {
+            let v = 1u64 << 20 | u64::from(seq);
+            self.last = Some(v);
+            return v;
+        };
+        let base = last & !0xffff;
+        let mut best = base | u64::from(seq);
+        for cand in [best.wrapping_sub(0x1_0000), best + 0x1_0000] {
+            if cand.abs_diff(last) < best.abs_diff(last) {
+                best = cand;
+            }
+        }
+        if best > last {
+            self.last = Some(best);
+        }
+        best
+    }
+}
+
+/// A keyframe start per the same rules the gateway uses, re-stated here so
+/// the test does not trust the code it checks.
+pub fn is_keyframe_start(codec: VideoCodec, payload: &[u8]) -> bool {
+    match codec {
+        VideoCodec::H264 => match payload.first().map(|b| b & 0x1f) {
+            Some(5) | Some(7) => true,
+            Some(24) => payload.get(3).is_some_and(|b| matches!(b & 0x1f, 5 | 7)),
+            Some(28) => payload
+                .get(1)
+                .is_some_and(|b| b & 0x80 != 0 && b & 0x1f == 5),
+            _ => false,
+        },
+        VideoCodec::Vp8 => {
+            payload
+                .first()
+                .is_some_and(|b| b & 0x10 != 0 && b & 0x07 == 0)
+                && payload.get(1).is_some_and(|b| b & 1 == 0)
+        }
+    }
+}
+
+/// Helper for tests that build packets by hand.
+pub fn packet(ssrc: u32, pt: u8, seq: u16, ts: u32, payload: Vec<u8>) -> rtp::Packet {
+    rtp::Packet {
+        header: rtp::header::Header {
+            version: 2,
+            marker: true,
+            payload_type: pt,
+            ssrc,
+            sequence_number: seq,
+            timestamp: ts,
+            ..Default::default()
+        },
+        payload: payload.into(),
+    }
+}

@@ -1,0 +1,169 @@
+//! Runs the real `whipcord` binary for a test, on free loopback ports with
+//! its own data directory, and stops it afterwards.
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// Path of the gateway binary: `WHIPCORD_BIN`, else the workspace's release
+/// build, else its debug build.
+pub fn binary() -> PathBuf {
+    if let Ok(path) = std::env::var("WHIPCORD_BIN") {
+        return PathBuf::from(path);
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    for profile in ["release", "debug"] {
+        let candidate = target.join(profile).join("whipcord");
+        if candidate.exists() {
+            return candidate;
+        }
+    }
+    target.join("release").join("whipcord")
+}
+
+fn free_tcp_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn free_udp_port() -> anyhow::Result<u16> {
+    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A running gateway.
+pub struct Gateway {
+    child: Option<Child>,
+    pub http: SocketAddr,
+    pub media: SocketAddr,
+    pub data_dir: PathBuf,
+    pub log_path: PathBuf,
+}
+
+/// Builder for extra flags.
+#[derive(Default, Clone)]
+pub struct GatewayOptions {
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl GatewayOptions {
+    pub fn arg(mut self, a: impl Into<String>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+}
+
+impl Gateway {
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(GatewayOptions::default()).await
+    }
+
+    pub async fn start_with(options: GatewayOptions) -> anyhow::Result<Self> {
+        let http = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()?));
+        let media = SocketAddr::from(([127, 0, 0, 1], free_udp_port()?));
+        let data_dir = std::env::temp_dir().join(format!(
+            "whipcord-test-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&data_dir)?;
+        let log_path = data_dir.join("gateway.log");
+        let log = std::fs::File::create(&log_path)?;
+        let mut command = Command::new(binary());
+        command
+            .arg("--http-listen")
+            .arg(http.to_string())
+            .arg("--media-listen")
+            .arg(media.to_string())
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(&options.args)
+            .env(
+                "WHIPCORD_LOG",
+                "info,whipcord=debug,rtc=warn,rtc_ice=warn,rtc_dtls=error,rtc_sctp=warn",
+            )
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        for (k, v) in &options.env {
+            command.env(k, v);
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("spawning {}", binary().display()))?;
+        let gateway = Self {
+            child: Some(child),
+            http,
+            media,
+            data_dir,
+            log_path,
+        };
+        gateway.wait_ready().await?;
+        Ok(gateway)
+    }
+
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let client = reqwest::Client::new();
+        while Instant::now() < deadline {
+            if let Ok(res) = client.get(self.url("/healthz")).send().await
+                && res.status().is_success()
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("gateway did not become ready; log:\n{}", self.log())
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("already stopped")?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("gateway did not exit after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- gateway log ----\n{}", self.log());
+        }
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}

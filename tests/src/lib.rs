@@ -1,0 +1,6 @@
+//! Test support for Whipcord's end-to-end tests: run the real gateway
+//! binary, and talk to it with real WebRTC peers.
+
+pub mod client;
+pub mod gateway;
+pub mod synth;
