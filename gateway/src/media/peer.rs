@@ -59,10 +59,11 @@ pub struct ViewerTrack {
 /// The state a peer keeps per role.
 pub enum RoleState {
     Publisher {
-        /// Receiver, SSRC and simulcast rid per track id.
-        receivers: HashMap<String, (rtc::rtp_transceiver::RTCRtpReceiverId, u32, Option<String>)>,
-        /// Hub (track, layer) per incoming track id.
-        routes: HashMap<String, (usize, usize)>,
+        /// Receiver and simulcast rid per incoming SSRC. Simulcast layers
+        /// share one track id, so SSRC is what tells them apart.
+        receivers: HashMap<u32, (rtc::rtp_transceiver::RTCRtpReceiverId, Option<String>)>,
+        /// Hub (track, layer) per incoming SSRC.
+        routes: HashMap<u32, (usize, usize)>,
         /// The publisher's data channel, if it opened one.
         data_channel: Option<rtc::data_channel::RTCDataChannelId>,
     },

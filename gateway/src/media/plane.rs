@@ -357,10 +357,7 @@ impl Plane {
                 if let Some(peer) = self.peers.get_mut(&key)
                     && let RoleState::Publisher { receivers, .. } = &mut peer.role_state
                 {
-                    receivers.insert(
-                        init.track_id.clone(),
-                        (init.receiver_id, init.ssrc, init.rid.clone()),
-                    );
+                    receivers.insert(init.ssrc, (init.receiver_id, init.rid.clone()));
                 }
             }
             RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnOpen(id)) => {
@@ -471,7 +468,7 @@ impl Plane {
 
     fn on_message(&mut self, key: PeerKey, message: RTCMessage, now: Instant) {
         match message {
-            RTCMessage::RtpPacket(track_id, packet) => self.on_rtp(key, &track_id, packet, now),
+            RTCMessage::RtpPacket(_, packet) => self.on_rtp(key, packet, now),
             RTCMessage::RtcpPacket(track_id, packets) => {
                 let wants_keyframe = packets.iter().any(|p| {
                     let any = p.as_any();
@@ -486,7 +483,7 @@ impl Plane {
         }
     }
 
-    fn on_rtp(&mut self, key: PeerKey, track_id: &str, mut packet: Packet, now: Instant) {
+    fn on_rtp(&mut self, key: PeerKey, mut packet: Packet, now: Instant) {
         let Some(peer) = self.peers.get_mut(&key) else {
             return;
         };
@@ -500,13 +497,13 @@ impl Plane {
         packet.header.extensions_padding = 0;
         let stream_name = peer.stream.clone();
         let route = match &peer.role_state {
-            RoleState::Publisher { routes, .. } => routes.get(track_id).copied(),
+            RoleState::Publisher { routes, .. } => routes.get(&packet.header.ssrc).copied(),
             RoleState::Viewer { .. } => None,
         };
         let (track, layer) = match route {
             Some(route) => route,
             None => {
-                let Some(route) = self.bind_track(key, &stream_name, track_id, &packet, now) else {
+                let Some(route) = self.bind_track(key, &stream_name, &packet, now) else {
                     return;
                 };
                 route
@@ -527,24 +524,19 @@ impl Plane {
         &mut self,
         key: PeerKey,
         stream_name: &StreamName,
-        track_id: &str,
         packet: &Packet,
         now: Instant,
     ) -> Option<(usize, usize)> {
         let peer = self.peers.get_mut(&key)?;
-        let (receiver, ssrc, rid) = match &peer.role_state {
-            RoleState::Publisher { receivers, .. } => receivers.get(track_id).cloned()?,
+        let ssrc = packet.header.ssrc;
+        let (receiver, rid) = match &peer.role_state {
+            RoleState::Publisher { receivers, .. } => receivers.get(&ssrc).cloned()?,
             RoleState::Viewer { .. } => return None,
         };
         let description = peer.incoming_description(receiver, packet.header.payload_type)?;
         let group = format!("{receiver:?}");
         let stream = self.hub.entry(stream_name, now);
-        let track = stream.bind_layer(
-            &group,
-            rid.clone(),
-            ssrc.max(packet.header.ssrc),
-            description.clone(),
-        );
+        let track = stream.bind_layer(&group, rid.clone(), ssrc, description.clone());
         let layer = stream.tracks[track]
             .layers
             .iter()
@@ -552,7 +544,7 @@ impl Plane {
             .unwrap_or(0);
         info!(stream = %stream_name, track, ?rid, codec = %description.codec, "track bound");
         if let RoleState::Publisher { routes, .. } = &mut peer.role_state {
-            routes.insert(track_id.to_owned(), (track, layer));
+            routes.insert(ssrc, (track, layer));
         }
         if stream.tracks_ready() {
             self.resolve_pending(stream_name, now);
@@ -656,11 +648,7 @@ impl Plane {
         let RoleState::Publisher { receivers, .. } = &peer.role_state else {
             return;
         };
-        let Some((receiver, _, _)) = receivers
-            .values()
-            .find(|(_, ssrc, _)| *ssrc == media_ssrc)
-            .cloned()
-        else {
+        let Some((receiver, _)) = receivers.get(&media_ssrc).cloned() else {
             return;
         };
         if let Some(mut r) = peer.pc.rtp_receiver(receiver) {
