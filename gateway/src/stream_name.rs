@@ -2,16 +2,18 @@
 //! conservative character set is accepted.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// A stream name: 1–64 characters of `[A-Za-z0-9_.-]`, not starting with `.`.
+/// Shared, because the media thread clones it on the per-packet path.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct StreamName(String);
+pub struct StreamName(Arc<str>);
 
 impl StreamName {
     pub const MAX_LEN: usize = 64;
 
     pub fn parse(raw: &str) -> Option<Self> {
-        Self::is_valid(raw).then(|| Self(raw.to_owned()))
+        Self::is_valid(raw).then(|| Self(Arc::from(raw)))
     }
 
     pub fn is_valid(raw: &str) -> bool {

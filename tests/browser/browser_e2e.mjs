@@ -176,6 +176,11 @@ async function run() {
   const watchStats = await watch.evaluate(() => window.whipcordStats).catch(() => null);
   log('watch stats:', JSON.stringify(watchStats));
   report.watchStats = watchStats;
+  // Passthrough: the viewer decodes exactly the codec the publisher sent.
+  const watchedCodec = String(watchStats?.codec || '');
+  if (!watchedCodec.toUpperCase().startsWith(CODEC.toUpperCase())) {
+    fail(`viewer decoded "${watchedCodec}", expected ${CODEC}`);
+  }
 
   await screenshot('publish', 'publish.png');
   await screenshot('watch', 'watch.png');

@@ -285,6 +285,10 @@ pub struct PublishOptions {
     /// Rewrite the offer the way OBS sends it: no candidates, session-level
     /// ICE attributes and fingerprint, `a=group:LS`, PT 96/111.
     pub obs_shape: bool,
+    /// Send the video as simulcast layers with these rids, smallest first.
+    pub simulcast: Vec<&'static str>,
+    /// Open a "chat" data channel, as the publish page does.
+    pub data_channel: bool,
 }
 
 impl Default for PublishOptions {
@@ -294,6 +298,8 @@ impl Default for PublishOptions {
             audio: true,
             token: None,
             obs_shape: false,
+            simulcast: Vec::new(),
+            data_channel: false,
         }
     }
 }
@@ -305,9 +311,13 @@ pub struct Publisher {
     pub answer: String,
     token: Option<String>,
     pub video: Option<(Arc<TrackLocalStaticRTP>, u32, u8, VideoCodec)>,
+    /// Simulcast layers: (rid, ssrc), and the mid/rid extension ids.
+    pub layers: Vec<(&'static str, u32)>,
+    layer_ext: Option<(u8, u8, String)>,
     pub audio: Option<(Arc<TrackLocalStaticRTP>, u32, u8)>,
     /// Keyframe requests the gateway sent us.
     pub plis: Arc<Mutex<u32>>,
+    chat: Option<(Arc<dyn DataChannel>, watch::Receiver<bool>)>,
 }
 
 async fn pt_for(sender: &Arc<dyn RtpSender>, codec: &RTCRtpCodec) -> Result<u8> {
@@ -418,20 +428,67 @@ impl Publisher {
                 .await?;
             audio = Some((t, ssrc, tr));
         }
+        let mut layers = Vec::new();
         if let Some(codec) = options.video {
             let ssrc = rand::random::<u32>() | 1;
-            let t = Arc::new(TrackLocalStaticRTP::new(track(
-                RtpCodecKind::Video,
-                "video",
-                codec.rtp_codec(),
-                ssrc,
-            )));
-            let tr = conn
-                .pc
-                .add_transceiver_from_track(t.clone(), sendonly())
-                .await?;
+            let (t, init) = if options.simulcast.is_empty() {
+                let t = Arc::new(TrackLocalStaticRTP::new(track(
+                    RtpCodecKind::Video,
+                    "video",
+                    codec.rtp_codec(),
+                    ssrc,
+                )));
+                (t, sendonly())
+            } else {
+                let encodings: Vec<RTCRtpEncodingParameters> = options
+                    .simulcast
+                    .iter()
+                    .enumerate()
+                    .map(|(i, rid)| {
+                        layers.push((*rid, ssrc.wrapping_add(i as u32)));
+                        RTCRtpEncodingParameters {
+                            rtp_coding_parameters: RTCRtpCodingParameters {
+                                rid: (*rid).into(),
+                                ssrc: Some(ssrc.wrapping_add(i as u32)),
+                                ..Default::default()
+                            },
+                            codec: codec.rtp_codec(),
+                            ..Default::default()
+                        }
+                    })
+                    .collect();
+                let t = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+                    "whipcord-test".into(),
+                    "video".into(),
+                    "video-label".into(),
+                    RtpCodecKind::Video,
+                    encodings.clone(),
+                )));
+                let init = Some(RTCRtpTransceiverInit {
+                    direction: Dir::Sendonly,
+                    streams: vec![],
+                    send_encodings: encodings,
+                });
+                (t, init)
+            };
+            let tr = conn.pc.add_transceiver_from_track(t.clone(), init).await?;
             video = Some((t, ssrc, tr, codec));
         }
+        let chat = if options.data_channel {
+            let dc = conn.pc.create_data_channel("chat", None).await?;
+            let (open_tx, open_rx) = watch::channel(false);
+            let events = dc.clone();
+            tokio::spawn(async move {
+                while let Some(event) = events.poll().await {
+                    if matches!(event, DataChannelEvent::OnOpen) {
+                        let _ = open_tx.send(true);
+                    }
+                }
+            });
+            Some((dc, open_rx))
+        } else {
+            None
+        };
         let mut offer = conn.local_offer().await?;
         if options.obs_shape {
             offer = obs_shape(&offer);
@@ -452,10 +509,31 @@ impl Publisher {
         conn.wait_connected(Duration::from_secs(10)).await?;
 
         let plis = Arc::new(Mutex::new(0u32));
+        let mut layer_ext = None;
         let video = match video {
             Some((t, ssrc, tr, codec)) => {
                 let sender = tr.sender().await?.context("video sender")?;
                 let pt = pt_for(&sender, &codec.rtp_codec()).await?;
+                if !layers.is_empty() {
+                    // The stack announces rids but does not stamp packets
+                    // with them; that is the sender's job.
+                    let params = sender.get_parameters().await?;
+                    let ext = |uri: &str| {
+                        params
+                            .rtp_parameters
+                            .header_extensions
+                            .iter()
+                            .find(|e| e.uri == uri)
+                            .map(|e| e.id as u8)
+                    };
+                    let mid = tr.mid().await?.context("video mid")?;
+                    layer_ext = Some((
+                        ext("urn:ietf:params:rtp-hdrext:sdes:mid").context("no mid extension")?,
+                        ext("urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id")
+                            .context("no rid extension")?,
+                        mid,
+                    ));
+                }
                 let watcher: Arc<dyn TrackLocal> = t.clone();
                 let counter = plis.clone();
                 tokio::spawn(async move {
@@ -490,8 +568,11 @@ impl Publisher {
             answer: reply.body,
             token: options.token,
             video,
+            layers,
+            layer_ext,
             audio,
             plis,
+            chat,
         })
     }
 
@@ -505,8 +586,27 @@ impl Publisher {
             let due = start + Duration::from_millis(frame * 1000 / 30);
             tokio::time::sleep_until(due.into()).await;
             if let Some((t, ssrc, pt, codec)) = &self.video {
-                for p in source.video_frame(*codec, *ssrc, *pt) {
-                    t.write_rtp(p).await?;
+                if let Some((mid_id, rid_id, mid)) = &self.layer_ext {
+                    // Same frames on every layer; higher layers pad their
+                    // payloads so they carry clearly more bitrate.
+                    let frame = source.video_frame(*codec, *ssrc, *pt);
+                    for (index, (rid, layer_ssrc)) in self.layers.iter().enumerate() {
+                        for mut p in frame.iter().cloned() {
+                            p.header.ssrc = *layer_ssrc;
+                            let mut payload = p.payload.to_vec();
+                            payload.resize(payload.len() + index * 180, 0x11);
+                            p.payload = payload.into();
+                            p.header
+                                .set_extension(*mid_id, bytes::Bytes::from(mid.clone()))?;
+                            p.header
+                                .set_extension(*rid_id, bytes::Bytes::from(rid.to_string()))?;
+                            t.write_rtp(p).await?;
+                        }
+                    }
+                } else {
+                    for p in source.video_frame(*codec, *ssrc, *pt) {
+                        t.write_rtp(p).await?;
+                    }
                 }
             }
             if let Some((t, ssrc, pt)) = &self.audio {
@@ -517,6 +617,17 @@ impl Publisher {
             }
             frame += 1;
         }
+        Ok(())
+    }
+
+    /// Sends a text message on the publisher's data channel, once open.
+    pub async fn send_chat(&self, text: &str) -> Result<()> {
+        let (dc, open) = self.chat.as_ref().context("no data channel requested")?;
+        let mut open = open.clone();
+        tokio::time::timeout(Duration::from_secs(5), open.wait_for(|o| *o))
+            .await
+            .context("data channel did not open")??;
+        dc.send_text(text).await?;
         Ok(())
     }
 

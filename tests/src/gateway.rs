@@ -48,6 +48,9 @@ pub struct Gateway {
 #[derive(Default, Clone)]
 pub struct GatewayOptions {
     pub args: Vec<String>,
+    /// Bind the media socket to this IP instead of 127.0.0.1 (the port
+    /// stays a free one). Only loopback or wildcard addresses belong here.
+    pub media_ip: Option<std::net::IpAddr>,
     pub env: Vec<(String, String)>,
 }
 
@@ -65,7 +68,9 @@ impl Gateway {
 
     pub async fn start_with(options: GatewayOptions) -> anyhow::Result<Self> {
         let http = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()?));
-        let media = SocketAddr::from(([127, 0, 0, 1], free_udp_port()?));
+        let media_port = free_udp_port()?;
+        let media = SocketAddr::from(([127, 0, 0, 1], media_port));
+        let media_bind = SocketAddr::new(options.media_ip.unwrap_or(media.ip()), media_port);
         let data_dir = std::env::temp_dir().join(format!(
             "whipcord-test-{}-{}",
             std::process::id(),
@@ -79,7 +84,7 @@ impl Gateway {
             .arg("--http-listen")
             .arg(http.to_string())
             .arg("--media-listen")
-            .arg(media.to_string())
+            .arg(media_bind.to_string())
             .arg("--data-dir")
             .arg(&data_dir)
             .args(&options.args)

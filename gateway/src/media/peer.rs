@@ -50,7 +50,6 @@ pub enum PeerState {
 
 /// One outgoing track on a viewer's connection.
 pub struct ViewerTrack {
-    pub sender: rtc::rtp_transceiver::RTCRtpSenderId,
     pub rewriter: Rewriter,
     /// Gets live packets (after GOP replay for video).
     pub live: bool,
@@ -321,7 +320,6 @@ impl PeerFactory {
                             ))
                         })?;
                     tracks.push(Some(ViewerTrack {
-                        sender: sender_id,
                         rewriter: Rewriter::new(ssrc, pt, description.clock_rate),
                         live: description.codec.kind() == MediaKind::Audio,
                     }));
@@ -385,6 +383,22 @@ impl Peer {
         });
         if let Err(err) = result {
             tracing::debug!(session = %self.session, "datagram rejected: {err}");
+        }
+    }
+
+    /// Queues a forwarded RTP packet whose SSRC and payload type the caller
+    /// has already rewritten for this leg (see `hub::rewrite`).
+    ///
+    /// This skips `RTCRtpSender::write_rtp`, whose checks we guarantee by
+    /// construction and which allocates the track id on every call; the
+    /// pipeline below it (interceptors, SRTP) is the same.
+    pub fn forward_rtp(pc: &mut RTCPeerConnection, now: Instant, packet: rtc::rtp::Packet) {
+        let message = rtc::peer_connection::message::TaggedRTCMessage {
+            now,
+            message: rtc::peer_connection::message::RTCMessage::RtpPacket(String::new(), packet),
+        };
+        if let Err(err) = pc.handle_write(message) {
+            tracing::debug!("forwarding failed: {err}");
         }
     }
 

@@ -453,11 +453,7 @@ impl Plane {
             for cached in layer.gop.packets() {
                 let mut packet = cached.clone();
                 vt.rewriter.rewrite(&mut packet.header, now);
-                if let Some(mut sender) = pc.rtp_sender(vt.sender)
-                    && let Err(err) = sender.write_rtp(now, packet)
-                {
-                    debug!("GOP replay write failed: {err}");
-                }
+                Peer::forward_rtp(pc, now, packet);
                 replayed += 1;
             }
             vt.live = true;
@@ -593,11 +589,7 @@ impl Plane {
             }
             let mut out = packet.clone();
             vt.rewriter.rewrite(&mut out.header, now);
-            if let Some(mut sender) = pc.rtp_sender(vt.sender)
-                && let Err(err) = sender.write_rtp(now, out)
-            {
-                debug!("write_rtp to viewer failed: {err}");
-            }
+            Peer::forward_rtp(pc, now, out);
             Self::flush(socket, stats, peer);
         }
     }
