@@ -1,0 +1,335 @@
+//! The media thread's event loop.
+//!
+//! Inputs are datagrams, signalling commands and timers; each input is fed
+//! to the one peer it concerns, and that peer is then drained (datagrams to
+//! send, events, received media). Media from a publisher goes through the
+//! hub and straight into each viewer's peer on the same thread.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use quinn_udp::RecvMeta;
+use recorder::codec::MediaKind;
+use rtc::peer_connection::event::{RTCDataChannelEvent, RTCPeerConnectionEvent, RTCTrackEvent};
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::state::{RTCIceConnectionState, RTCPeerConnectionState};
+use rtc::peer_connection::transport::RTCIceCandidateInit;
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp::Packet;
+use rtc::sansio::Protocol;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::demux::{self, PacketClass};
+use super::peer::{Peer, PeerFactory, PeerState, RoleState, candidate_lines};
+use super::sdp_scan::OfferSummary;
+use super::udp::{self, MediaSocket};
+use crate::config::Config;
+use crate::hub::subscriber::TrackDescription;
+use crate::hub::{Hub, PeerKey};
+use crate::sdpfrag::SdpFragment;
+use crate::signal::{
+    Answer, ClientInfo, Command, PatchOutcome, PatchRequest, Role, SessionId, SignalError,
+    StreamSummary,
+};
+use crate::stream_name::StreamName;
+
+mod forward;
+mod signalling;
+mod teardown;
+
+/// How long a viewer's offer may wait for a new publisher's tracks to show
+/// their codecs before it is answered with what is known.
+const VIEWER_WAIT: Duration = Duration::from_secs(3);
+/// A peer that has not connected by then is dropped.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Housekeeping period (timeouts, layer choice, pending viewers).
+const TICK: Duration = Duration::from_millis(250);
+/// A publisher silent this long may be replaced by a new one without 409:
+/// it is almost certainly the same encoder reconnecting.
+const STALE_PUBLISHER: Duration = Duration::from_secs(3);
+/// Delay between a viewer connecting and its GOP replay.
+const REPLAY_GRACE: Duration = Duration::from_millis(20);
+/// Addresses remembered per peer (ICE may probe from several).
+const MAX_ADDRS_PER_PEER: usize = 8;
+
+struct PendingViewer {
+    stream: StreamName,
+    offer: String,
+    summary: OfferSummary,
+    client: ClientInfo,
+    deadline: Instant,
+    reply: tokio::sync::oneshot::Sender<Result<Answer, SignalError>>,
+}
+
+pub struct Plane {
+    config: Arc<Config>,
+    socket: Rc<MediaSocket>,
+    factory: PeerFactory,
+    peers: HashMap<PeerKey, Peer>,
+    by_ufrag: HashMap<String, PeerKey>,
+    by_addr: HashMap<SocketAddr, PeerKey>,
+    addrs_of: HashMap<PeerKey, Vec<SocketAddr>>,
+    by_session: HashMap<SessionId, PeerKey>,
+    timers: BTreeSet<(Instant, PeerKey)>,
+    hub: Hub,
+    next_key: PeerKey,
+    pending: Vec<PendingViewer>,
+    /// Viewers whose GOP replay is due (see `on_connected`).
+    replays: Vec<(Instant, PeerKey)>,
+    /// Reused buffers so steady-state packet handling does not allocate.
+    events: Vec<RTCPeerConnectionEvent>,
+    reads: Vec<RTCMessage>,
+    stats: PlaneStats,
+}
+
+#[derive(Default)]
+struct PlaneStats {
+    unknown_datagrams: u64,
+    send_errors: u64,
+}
+
+impl Plane {
+    pub fn new(
+        config: Arc<Config>,
+        std_socket: std::net::UdpSocket,
+        candidates: Vec<SocketAddr>,
+    ) -> Result<Self, SignalError> {
+        let socket = MediaSocket::new(std_socket, config.udp_recv_buffer)
+            .map_err(|e| SignalError::Internal(e.to_string()))?;
+        Ok(Self {
+            config,
+            socket: Rc::new(socket),
+            factory: PeerFactory::new(candidates)?,
+            peers: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            by_addr: HashMap::new(),
+            addrs_of: HashMap::new(),
+            by_session: HashMap::new(),
+            timers: BTreeSet::new(),
+            hub: Hub::default(),
+            next_key: 1,
+            pending: Vec::new(),
+            replays: Vec::new(),
+            events: Vec::new(),
+            reads: Vec::new(),
+            stats: PlaneStats::default(),
+        })
+    }
+
+    pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut bufs: Vec<Vec<u8>> = (0..udp::BATCH)
+            .map(|_| vec![0u8; udp::DATAGRAM_BUF])
+            .collect();
+        let mut meta = vec![RecvMeta::default(); udp::BATCH];
+        let mut next_tick = Instant::now() + TICK;
+        loop {
+            let next_timer = self
+                .timers
+                .first()
+                .map(|(t, _)| *t)
+                .into_iter()
+                .chain(self.replays.iter().map(|(t, _)| *t))
+                .min();
+            let wake = next_timer.map_or(next_tick, |t| t.min(next_tick));
+            let socket = self.socket.clone();
+            tokio::select! {
+                biased;
+                command = commands.recv() => {
+                    let Some(command) = command else { break };
+                    if let Command::Shutdown { reply } = command {
+                        self.shutdown();
+                        let _ = reply.send(());
+                        break;
+                    }
+                    self.on_command(command);
+                }
+                received = socket.recv_batch(&mut bufs, &mut meta) => {
+                    match received {
+                        Ok(count) => {
+                            let now = Instant::now();
+                            for (m, buf) in meta.iter().zip(bufs.iter()).take(count) {
+                                let stride = m.stride.max(1);
+                                for chunk in buf[..m.len].chunks(stride) {
+                                    self.on_datagram(now, m.addr, m.dst_ip, chunk);
+                                }
+                            }
+                        }
+                        Err(err) => {
+                            warn!("media socket receive error: {err}");
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(wake.into()) => {}
+            }
+            let now = Instant::now();
+            self.fire_timers(now);
+            self.fire_replays(now);
+            if now >= next_tick {
+                self.tick(now);
+                next_tick = now + TICK;
+            }
+        }
+        info!("media plane stopped");
+    }
+
+    // ----- datagrams ---------------------------------------------------------
+
+    fn on_datagram(&mut self, now: Instant, from: SocketAddr, to_ip: Option<IpAddr>, data: &[u8]) {
+        let key = match self.by_addr.get(&from) {
+            Some(key) => *key,
+            None => {
+                // Only a STUN check naming one of our sessions may introduce
+                // a new address; anything else from a stranger is dropped.
+                let known = (demux::classify(data) == PacketClass::Stun)
+                    .then(|| demux::stun_local_ufrag(data))
+                    .flatten()
+                    .and_then(|ufrag| self.by_ufrag.get(ufrag).copied());
+                let Some(key) = known else {
+                    self.stats.unknown_datagrams += 1;
+                    return;
+                };
+                let addrs = self.addrs_of.entry(key).or_default();
+                if addrs.len() >= MAX_ADDRS_PER_PEER {
+                    return;
+                }
+                addrs.push(from);
+                self.by_addr.insert(from, key);
+                key
+            }
+        };
+        let local = self.local_address(to_ip);
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        if peer.remote.is_none() {
+            peer.remote = Some(from);
+        }
+        peer.local = Some(local);
+        peer.src_ip = to_ip.filter(|_| self.config.public_ip.is_empty());
+        peer.handle_datagram(now, local, from, data);
+        self.drive(key, now);
+    }
+
+    /// Our candidate address a datagram was sent to.
+    fn local_address(&self, to_ip: Option<IpAddr>) -> SocketAddr {
+        let port = self.socket.local_addr().port();
+        if let Some(public) = self.config.public_ip.first() {
+            return SocketAddr::new(*public, port);
+        }
+        match to_ip {
+            Some(IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_some() => SocketAddr::new(
+                IpAddr::V4(v6.to_ipv4_mapped().unwrap_or(std::net::Ipv4Addr::LOCALHOST)),
+                port,
+            ),
+            Some(ip) => SocketAddr::new(ip, port),
+            None => self
+                .factory
+                .candidates()
+                .first()
+                .copied()
+                .unwrap_or_else(|| self.socket.local_addr()),
+        }
+    }
+
+    // ----- driving a peer ----------------------------------------------------
+
+    /// Sends what the peer wants sent.
+    fn flush(socket: &MediaSocket, stats: &mut PlaneStats, peer: &mut Peer) {
+        while let Some(out) = peer.pc.poll_write() {
+            match socket.send(out.transport.peer_addr, peer.src_ip, &out.message) {
+                Ok(()) => peer.packets_out += 1,
+                Err(err) => {
+                    peer.send_errors += 1;
+                    stats.send_errors += 1;
+                    if peer.send_errors.is_power_of_two() {
+                        debug!(session = %peer.session, "send failed ({} so far): {err}", peer.send_errors);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drains one peer after an input, handling everything it produced.
+    fn drive(&mut self, key: PeerKey, now: Instant) {
+        // A few rounds at most: handling reads/events may queue more output.
+        for _ in 0..4 {
+            let mut events = std::mem::take(&mut self.events);
+            let mut reads = std::mem::take(&mut self.reads);
+            {
+                let Some(peer) = self.peers.get_mut(&key) else {
+                    self.events = events;
+                    self.reads = reads;
+                    return;
+                };
+                Self::flush(&self.socket, &mut self.stats, peer);
+                while let Some(event) = peer.pc.poll_event() {
+                    events.push(event);
+                }
+                while let Some(TaggedRTCMessage { message, .. }) = peer.pc.poll_read() {
+                    reads.push(message);
+                }
+            }
+            let idle = events.is_empty() && reads.is_empty();
+            for event in events.drain(..) {
+                self.on_event(key, event, now);
+            }
+            for message in reads.drain(..) {
+                self.on_message(key, message, now);
+            }
+            self.events = events;
+            self.reads = reads;
+            if idle {
+                break;
+            }
+        }
+        if let Some(peer) = self.peers.get_mut(&key) {
+            Self::flush(&self.socket, &mut self.stats, peer);
+        }
+        self.reschedule(key);
+        let closed = self
+            .peers
+            .get(&key)
+            .is_some_and(|p| p.state == PeerState::Closed);
+        if closed {
+            self.remove_peer(key, now, "connection closed");
+        }
+    }
+
+    fn reschedule(&mut self, key: PeerKey) {
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        let next = peer.pc.poll_timeout();
+        if next == peer.deadline {
+            return;
+        }
+        if let Some(old) = peer.deadline.take() {
+            self.timers.remove(&(old, key));
+        }
+        if let Some(new) = next {
+            peer.deadline = Some(new);
+            self.timers.insert((new, key));
+        }
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        while let Some(&(at, key)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            if let Some(peer) = self.peers.get_mut(&key) {
+                peer.deadline = None;
+                peer.handle_timeout(now);
+            }
+            self.drive(key, now);
+        }
+    }
+}

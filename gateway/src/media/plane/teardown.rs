@@ -1,0 +1,133 @@
+//! Ending sessions and streams, periodic housekeeping, shutdown.
+
+use std::time::Instant;
+
+use super::*;
+
+impl Plane {
+    // ----- teardown ----------------------------------------------------------
+
+    /// Removes a peer and everything that depends on it.
+    pub(super) fn remove_peer(&mut self, key: PeerKey, now: Instant, why: &str) {
+        let Some(mut peer) = self.peers.remove(&key) else {
+            return;
+        };
+        info!(session = %peer.session, stream = %peer.stream, role = ?peer.role, "session ended: {why}");
+        peer.close();
+        Self::flush(&self.socket, &mut self.stats, &mut peer);
+        self.forget(key, &peer);
+        match peer.role {
+            Role::Viewer => {
+                if let Some(stream) = self.hub.get_mut(&peer.stream) {
+                    stream.viewers.retain(|v| *v != key);
+                }
+            }
+            Role::Publisher => {
+                let is_current = self
+                    .hub
+                    .get(&peer.stream)
+                    .is_some_and(|s| s.publisher == Some(key));
+                if is_current {
+                    self.end_stream(&peer.stream, now);
+                }
+            }
+        }
+    }
+
+    pub(super) fn forget(&mut self, key: PeerKey, peer: &Peer) {
+        self.by_ufrag.remove(&peer.ufrag);
+        self.by_session.remove(&peer.session);
+        if let Some(addrs) = self.addrs_of.remove(&key) {
+            for a in addrs {
+                self.by_addr.remove(&a);
+            }
+        }
+        if let Some(deadline) = peer.deadline {
+            self.timers.remove(&(deadline, key));
+        }
+    }
+
+    /// A publisher replaced by a new one: closed without ending the stream,
+    /// so viewers stay and continue with the new publisher's media.
+    pub(super) fn detach_publisher(&mut self, key: PeerKey, now: Instant) {
+        if let Some(stream) = self.peers.get(&key).map(|p| p.stream.clone())
+            && let Some(s) = self.hub.get_mut(&stream)
+        {
+            s.publisher = None;
+        }
+        self.remove_peer(key, now, "replaced by a new publisher");
+    }
+
+    /// The publisher is gone: viewers' sessions end, subscribers get
+    /// end-of-stream, the stream disappears.
+    pub(super) fn end_stream(&mut self, stream_name: &StreamName, now: Instant) {
+        let Some(mut stream) = self.hub.remove(stream_name) else {
+            return;
+        };
+        stream.end();
+        info!(stream = %stream_name, viewers = stream.viewers.len(), "stream ended");
+        for viewer in stream.viewers.drain(..) {
+            self.remove_peer(viewer, now, "stream ended");
+        }
+        let (gone, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|p| &p.stream == stream_name);
+        self.pending = rest;
+        for p in gone {
+            let _ = p.reply.send(Err(SignalError::StreamNotLive));
+        }
+    }
+
+    pub(super) fn tick(&mut self, now: Instant) {
+        let media_timeout = Duration::from_secs(self.config.media_timeout_secs);
+        let mut silent = Vec::new();
+        for stream in self.hub.streams_mut() {
+            stream.review_layers(now);
+            if let Some(publisher) = stream.publisher
+                && now.duration_since(stream.last_media) > media_timeout
+            {
+                silent.push(publisher);
+            }
+        }
+        for key in silent {
+            self.remove_peer(key, now, "no media from publisher");
+        }
+        let stale: Vec<PeerKey> = self
+            .peers
+            .values()
+            .filter(|p| {
+                p.state == PeerState::Closed
+                    || (p.connected_at.is_none() && now.duration_since(p.created) > CONNECT_TIMEOUT)
+            })
+            .map(|p| p.key)
+            .collect();
+        for key in stale {
+            self.remove_peer(key, now, "never connected or closed");
+        }
+        // Viewers that waited long enough get whatever tracks are known.
+        let (due, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|p| now >= p.deadline);
+        self.pending = rest;
+        for p in due {
+            let result = self.add_viewer(&p.stream, &p.offer, &p.summary, p.client, now);
+            let _ = p.reply.send(result);
+        }
+    }
+
+    pub(super) fn shutdown(&mut self) {
+        let now = Instant::now();
+        let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
+        for key in keys {
+            self.remove_peer(key, now, "server shutting down");
+        }
+        for p in self.pending.drain(..) {
+            let _ = p.reply.send(Err(SignalError::ShuttingDown));
+        }
+        debug!(
+            unknown = self.stats.unknown_datagrams,
+            send_errors = self.stats.send_errors,
+            "media plane totals"
+        );
+    }
+}
