@@ -86,6 +86,11 @@ pub struct Cli {
     #[arg(long, env = "WHIPCORD_MEDIA_TIMEOUT")]
     pub media_timeout_secs: Option<u64>,
 
+    /// Offer passive ICE-TCP candidates on the media port number, for
+    /// clients whose networks block UDP [default: true].
+    #[arg(long, env = "WHIPCORD_ICE_TCP", num_args = 0..=1, default_missing_value = "true")]
+    pub ice_tcp: Option<bool>,
+
     /// Kernel receive buffer for the media socket, bytes [default: 8388608].
     #[arg(long, env = "WHIPCORD_UDP_RECV_BUFFER")]
     pub udp_recv_buffer: Option<usize>,
@@ -130,6 +135,7 @@ pub struct Config {
     pub watch_token: Option<String>,
     pub publisher_takeover: bool,
     pub media_timeout_secs: u64,
+    pub ice_tcp: bool,
     pub udp_recv_buffer: usize,
     pub log: String,
     #[serde(rename = "stream")]
@@ -149,6 +155,7 @@ impl Default for Config {
             watch_token: None,
             publisher_takeover: false,
             media_timeout_secs: 30,
+            ice_tcp: true,
             udp_recv_buffer: 8 * 1024 * 1024,
             log: DEFAULT_LOG.to_owned(),
             streams: Vec::new(),
@@ -240,6 +247,9 @@ impl Config {
         }
         if let Some(v) = cli.media_timeout_secs {
             self.media_timeout_secs = v;
+        }
+        if let Some(v) = cli.ice_tcp {
+            self.ice_tcp = v;
         }
         if let Some(v) = cli.udp_recv_buffer {
             self.udp_recv_buffer = v;

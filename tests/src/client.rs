@@ -121,7 +121,7 @@ struct Conn {
     tracks: mpsc::UnboundedReceiver<Arc<dyn TrackRemote>>,
 }
 
-async fn new_conn(codecs: CodecSet) -> Result<Conn> {
+async fn new_conn(codecs: CodecSet, tcp_only: bool) -> Result<Conn> {
     let mut me = MediaEngine::default();
     match codecs {
         CodecSet::Default => me.register_default_codecs()?,
@@ -146,7 +146,11 @@ async fn new_conn(codecs: CodecSet) -> Result<Conn> {
         .with(Slot::from(14_000), KeyframeRequestsToApp::default());
     let se = SettingEngineBuilder::new()
         .with_multicast_dns_mode(MulticastDnsMode::Disabled)
-        .with_network_types(vec![NetworkType::Udp4])
+        .with_network_types(vec![if tcp_only {
+            NetworkType::Tcp4
+        } else {
+            NetworkType::Udp4
+        }])
         .build();
     let (gtx, gathering) = watch::channel(RTCIceGatheringState::New);
     let (stx, state) = watch::channel(RTCPeerConnectionState::New);
@@ -156,15 +160,18 @@ async fn new_conn(codecs: CodecSet) -> Result<Conn> {
         state: stx,
         tracks: ttx,
     });
-    let pc = PeerConnectionBuilder::new()
+    let builder = PeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
         .with_media_engine(me)
         .with_setting_engine(se)
         .with_interceptor_registry(registry)
-        .with_handler(handler)
-        .with_udp_addrs(vec!["127.0.0.1:0"])
-        .build()
-        .await?;
+        .with_handler(handler);
+    let builder = if tcp_only {
+        builder.with_tcp_addrs(vec!["127.0.0.1:0"])
+    } else {
+        builder.with_udp_addrs(vec!["127.0.0.1:0"])
+    };
+    let pc = builder.build().await?;
     Ok(Conn {
         pc: Arc::new(pc),
         gathering,
@@ -174,6 +181,30 @@ async fn new_conn(codecs: CodecSet) -> Result<Conn> {
 }
 
 impl Conn {
+    /// The async `webrtc` client dials ICE-TCP passive candidates only when
+    /// they are added one by one, not when they arrive in the answer SDP, so
+    /// a TCP-only client hands them over explicitly (browsers need not).
+    async fn add_tcp_candidates(&self, answer: &str) -> Result<()> {
+        for line in answer.lines() {
+            let line = line.trim_end_matches('\r');
+            if let Some(candidate) = line.strip_prefix("a=")
+                && candidate.starts_with("candidate:")
+                && candidate.contains(" tcp ")
+                && candidate.contains("tcptype passive")
+            {
+                self.pc
+                    .add_ice_candidate(webrtc::peer_connection::RTCIceCandidateInit {
+                        candidate: candidate.to_owned(),
+                        sdp_mid: Some("0".into()),
+                        sdp_mline_index: Some(0),
+                        ..Default::default()
+                    })
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
     async fn local_offer(&mut self) -> Result<String> {
         let offer = self.pc.create_offer(None).await?;
         self.pc.set_local_description(offer).await?;
@@ -289,6 +320,8 @@ pub struct PublishOptions {
     pub simulcast: Vec<&'static str>,
     /// Open a "chat" data channel, as the publish page does.
     pub data_channel: bool,
+    /// Use ICE-TCP only, as a client whose network blocks UDP.
+    pub tcp_only: bool,
 }
 
 impl Default for PublishOptions {
@@ -300,6 +333,7 @@ impl Default for PublishOptions {
             obs_shape: false,
             simulcast: Vec::new(),
             data_channel: false,
+            tcp_only: false,
         }
     }
 }
@@ -406,12 +440,12 @@ pub fn obs_shape(sdp: &str) -> String {
 
 impl Publisher {
     pub async fn connect(base: &str, stream: &str, options: PublishOptions) -> Result<Self> {
-        let mut conn = new_conn(if options.obs_shape {
+        let codecs = if options.obs_shape {
             CodecSet::ObsLike
         } else {
             CodecSet::Default
-        })
-        .await?;
+        };
+        let mut conn = new_conn(codecs, options.tcp_only).await?;
         let mut video = None;
         let mut audio = None;
         if options.audio {
@@ -506,7 +540,12 @@ impl Publisher {
         conn.pc
             .set_remote_description(RTCSessionDescription::answer(reply.body.clone())?)
             .await?;
-        conn.wait_connected(Duration::from_secs(10)).await?;
+        if options.tcp_only {
+            conn.add_tcp_candidates(&reply.body).await?;
+        }
+        conn.wait_connected(Duration::from_secs(10))
+            .await
+            .with_context(|| format!("publisher offer:\n{offer}\nanswer:\n{}", reply.body))?;
 
         let plis = Arc::new(Mutex::new(0u32));
         let mut layer_ext = None;
@@ -696,6 +735,7 @@ pub struct WatchOptions {
     pub video: bool,
     pub audio: bool,
     pub data_channel: bool,
+    pub tcp_only: bool,
 }
 
 impl WatchOptions {
@@ -705,6 +745,7 @@ impl WatchOptions {
             video: true,
             audio: true,
             data_channel: true,
+            tcp_only: false,
         }
     }
 }
@@ -722,11 +763,12 @@ pub struct PendingViewer {
     conn: Conn,
     pub offer: String,
     dc: Option<Arc<dyn DataChannel>>,
+    tcp_only: bool,
 }
 
 impl PendingViewer {
     pub async fn new(options: &WatchOptions) -> Result<Self> {
-        let mut conn = new_conn(CodecSet::Default).await?;
+        let mut conn = new_conn(CodecSet::Default, options.tcp_only).await?;
         if options.video {
             conn.pc
                 .add_transceiver_from_kind(RtpCodecKind::Video, recvonly())
@@ -743,7 +785,12 @@ impl PendingViewer {
             None
         };
         let offer = conn.local_offer().await?;
-        Ok(Self { conn, offer, dc })
+        Ok(Self {
+            conn,
+            offer,
+            dc,
+            tcp_only: options.tcp_only,
+        })
     }
 }
 
@@ -763,6 +810,7 @@ impl Viewer {
             mut conn,
             offer,
             dc,
+            tcp_only,
         } = pending;
         let requested_at = Instant::now();
         let reply = post_offer(&format!("{base}/whep/{stream}"), &offer, token.as_deref()).await?;
@@ -773,6 +821,9 @@ impl Viewer {
         conn.pc
             .set_remote_description(RTCSessionDescription::answer(reply.body.clone())?)
             .await?;
+        if tcp_only {
+            conn.add_tcp_candidates(&reply.body).await?;
+        }
         let stats: Arc<Mutex<Vec<TrackStats>>> = Arc::new(Mutex::new(Vec::new()));
         let messages = Arc::new(Mutex::new(Vec::new()));
         // Start readers before the connection is up: the first packets

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-/// Path of the gateway binary: `WHIPCORD_BIN`, else the workspace's release
-/// build, else its debug build.
+/// Path of the gateway binary: `WHIPCORD_BIN`, else the workspace's newest
+/// build (release or debug).
 pub fn binary() -> PathBuf {
     if let Ok(path) = std::env::var("WHIPCORD_BIN") {
         return PathBuf::from(path);
@@ -18,13 +18,18 @@ pub fn binary() -> PathBuf {
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| root.join("target"));
-    for profile in ["release", "debug"] {
-        let candidate = target.join(profile).join("whipcord");
-        if candidate.exists() {
-            return candidate;
-        }
-    }
-    target.join("release").join("whipcord")
+    // The most recently built one: a stale release build left over from a
+    // benchmark must not shadow the debug build just made.
+    ["release", "debug"]
+        .iter()
+        .map(|profile| target.join(profile).join("whipcord"))
+        .filter_map(|path| {
+            let modified = path.metadata().and_then(|m| m.modified()).ok()?;
+            Some((modified, path))
+        })
+        .max()
+        .map(|(_, path)| path)
+        .unwrap_or_else(|| target.join("release").join("whipcord"))
 }
 
 fn free_tcp_port() -> anyhow::Result<u16> {

@@ -215,10 +215,8 @@ async fn publisher_offer() -> Result<(Arc<dyn PeerConnection>, String)> {
 /// A real WHEP offer (recvonly audio + video, no data channel).
 async fn viewer_offer() -> Result<PendingViewer> {
     PendingViewer::new(&WatchOptions {
-        token: None,
-        video: true,
-        audio: true,
         data_channel: false,
+        ..WatchOptions::av()
     })
     .await
 }

@@ -145,3 +145,44 @@ async fn public_ip_is_advertised_and_reachable() -> anyhow::Result<()> {
     runner.await??;
     Ok(())
 }
+
+/// Clients whose networks block UDP connect over ICE-TCP to the same port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ice_tcp_publisher_and_viewer() -> anyhow::Result<()> {
+    use whipcord_tests::client::WatchOptions;
+    let gw = Gateway::start().await?;
+    let base = gw.url("");
+    let options = PublishOptions {
+        tcp_only: true,
+        ..PublishOptions::default()
+    };
+    let publisher = match Publisher::connect(&base, "tcp", options).await {
+        Ok(p) => Arc::new(p),
+        Err(err) => panic!("{err}; log:\n{}", gw.log()),
+    };
+    assert!(
+        publisher.answer.contains(" tcp ") && publisher.answer.contains("tcptype passive"),
+        "no passive TCP candidate in the answer:\n{}",
+        publisher.answer
+    );
+    let runner = {
+        let p = publisher.clone();
+        tokio::spawn(async move { p.run(Duration::from_secs(4), Duration::from_secs(1)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let viewer = Viewer::connect(
+        &base,
+        "tcp",
+        WatchOptions {
+            tcp_only: true,
+            ..WatchOptions::av()
+        },
+    )
+    .await?;
+    let tracks = viewer.wait_tracks(2, 30, Duration::from_secs(4)).await?;
+    for t in &tracks {
+        assert_eq!(t.lost(), 0, "{} lost packets over TCP", t.kind);
+    }
+    runner.await??;
+    Ok(())
+}

@@ -6,10 +6,12 @@
 //! through [`crate::signal::Command`]s.
 
 mod demux;
+mod egress;
 mod peer;
 mod plane;
 mod rtcp_tap;
 mod sdp_scan;
+mod tcp;
 mod udp;
 
 use std::net::{IpAddr, SocketAddr};
@@ -29,6 +31,21 @@ pub fn start(config: Arc<Config>) -> anyhow::Result<(MediaHandle, JoinHandle<()>
     let std_socket = udp::MediaSocket::bind_std(socket_addr)?;
     let bound = std_socket.local_addr()?;
     let candidates = candidate_addresses(&config, bound);
+    // ICE-TCP listens on the same port number as the media socket.
+    let tcp_listener = if config.ice_tcp {
+        match std::net::TcpListener::bind(bound).and_then(|l| {
+            l.set_nonblocking(true)?;
+            Ok(l)
+        }) {
+            Ok(listener) => Some(listener),
+            Err(err) => {
+                tracing::warn!(%bound, "ICE-TCP disabled: cannot listen on TCP: {err}");
+                None
+            }
+        }
+    } else {
+        None
+    };
     info!(%bound, ?candidates, "media socket ready");
     let (tx, rx) = mpsc::channel::<Command>(1024);
     let thread = std::thread::Builder::new()
@@ -45,7 +62,7 @@ pub fn start(config: Arc<Config>) -> anyhow::Result<(MediaHandle, JoinHandle<()>
                 }
             };
             runtime.block_on(async move {
-                match plane::Plane::new(config, std_socket, candidates) {
+                match plane::Plane::new(config, std_socket, tcp_listener, candidates) {
                     Ok(plane) => plane.run(rx).await,
                     Err(err) => tracing::error!("media plane failed to start: {err}"),
                 }

@@ -102,6 +102,8 @@ pub struct Peer {
 pub struct PeerFactory {
     certificate: RTCCertificate,
     candidates: Vec<SocketAddr>,
+    /// Also offer passive ICE-TCP candidates on the same addresses.
+    ice_tcp: bool,
 }
 
 /// A short random ICE credential of `len` characters from the ICE charset.
@@ -135,7 +137,7 @@ pub fn rtp_codec(description: &TrackDescription) -> RTCRtpCodec {
 }
 
 impl PeerFactory {
-    pub fn new(candidates: Vec<SocketAddr>) -> Result<Self, SignalError> {
+    pub fn new(candidates: Vec<SocketAddr>, ice_tcp: bool) -> Result<Self, SignalError> {
         // One certificate for the process: generating one per connection
         // costs most of the answer time, and WebRTC identifies peers by the
         // fingerprint in the signalled SDP, not by certificate uniqueness.
@@ -150,7 +152,17 @@ impl PeerFactory {
         Ok(Self {
             certificate,
             candidates,
+            ice_tcp,
         })
+    }
+
+    fn network_types(&self) -> Vec<rtc::ice::network_type::NetworkType> {
+        use rtc::ice::network_type::NetworkType;
+        let mut types = vec![NetworkType::Udp4, NetworkType::Udp6];
+        if self.ice_tcp {
+            types.extend([NetworkType::Tcp4, NetworkType::Tcp6]);
+        }
+        types
     }
 
     pub fn candidates(&self) -> &[SocketAddr] {
@@ -206,6 +218,7 @@ impl PeerFactory {
             // mDNS would multicast from the media socket; browsers' .local
             // candidates are covered by peer-reflexive discovery instead.
             .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
+            .with_network_types(self.network_types())
             .build();
         let configuration = RTCConfigurationBuilder::new()
             .with_certificates(vec![self.certificate.clone()])
@@ -256,23 +269,34 @@ impl PeerFactory {
             }
         }
 
-        for address in &self.candidates {
-            let candidate = CandidateHostConfig {
-                base_config: CandidateConfig {
-                    network: "udp".to_owned(),
-                    address: address.ip().to_string(),
-                    port: address.port(),
-                    component: 1,
-                    ..Default::default()
-                },
-                ..Default::default()
-            }
-            .new_candidate_host()
-            .map_err(internal)?;
-            let init = RTCIceCandidate::from(&candidate)
-                .to_json()
+        let networks: &[&str] = if self.ice_tcp {
+            &["udp", "tcp"]
+        } else {
+            &["udp"]
+        };
+        for network in networks {
+            for address in &self.candidates {
+                let candidate = CandidateHostConfig {
+                    base_config: CandidateConfig {
+                        network: (*network).to_owned(),
+                        address: address.ip().to_string(),
+                        port: address.port(),
+                        component: 1,
+                        ..Default::default()
+                    },
+                    tcp_type: if *network == "tcp" {
+                        rtc::ice::tcp_type::TcpType::Passive
+                    } else {
+                        rtc::ice::tcp_type::TcpType::Unspecified
+                    },
+                }
+                .new_candidate_host()
                 .map_err(internal)?;
-            pc.add_local_candidate(init).map_err(internal)?;
+                let init = RTCIceCandidate::from(&candidate)
+                    .to_json()
+                    .map_err(internal)?;
+                pc.add_local_candidate(init).map_err(internal)?;
+            }
         }
         let answer = pc
             .create_answer(None)
@@ -367,6 +391,7 @@ impl Peer {
     pub fn handle_datagram(
         &mut self,
         now: Instant,
+        protocol: TransportProtocol,
         local: SocketAddr,
         from: SocketAddr,
         data: &[u8],
@@ -377,7 +402,7 @@ impl Peer {
                 local_addr: local,
                 peer_addr: from,
                 ecn: None,
-                transport_protocol: TransportProtocol::UDP,
+                transport_protocol: protocol,
             },
             message: BytesMut::from(data),
         });

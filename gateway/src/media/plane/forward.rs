@@ -99,7 +99,7 @@ impl Plane {
         let Self {
             hub,
             peers,
-            socket,
+            egress,
             stats,
             ..
         } = self;
@@ -135,7 +135,7 @@ impl Plane {
             }
             vt.live = true;
         }
-        Self::flush(socket, stats, peer);
+        Self::flush(egress, stats, peer);
         debug!(key, replayed, "GOP replayed to new viewer");
     }
 
@@ -237,7 +237,7 @@ impl Plane {
         let Self {
             hub,
             peers,
-            socket,
+            egress,
             stats,
             ..
         } = self;
@@ -267,7 +267,7 @@ impl Plane {
             let mut out = packet.clone();
             vt.rewriter.rewrite(&mut out.header, now);
             Peer::forward_rtp(pc, now, out);
-            Self::flush(socket, stats, peer);
+            Self::flush(egress, stats, peer);
         }
     }
 
@@ -334,7 +334,7 @@ impl Plane {
                 debug!("PLI upstream failed: {err}");
             }
         }
-        Self::flush(&self.socket, &mut self.stats, peer);
+        Self::flush(&self.egress, &mut self.stats, peer);
     }
 
     pub(super) fn relay_data(
@@ -353,7 +353,7 @@ impl Plane {
         let Self {
             hub,
             peers,
-            socket,
+            egress,
             stats,
             ..
         } = self;
@@ -382,7 +382,7 @@ impl Plane {
                     debug!("data channel relay failed: {err}");
                 }
             }
-            Self::flush(socket, stats, peer);
+            Self::flush(egress, stats, peer);
         }
     }
 }

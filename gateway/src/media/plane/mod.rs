@@ -7,7 +7,6 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,8 +25,10 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::demux::{self, PacketClass};
+use super::egress::{Egress, Transport};
 use super::peer::{Peer, PeerFactory, PeerState, RoleState, candidate_lines};
 use super::sdp_scan::OfferSummary;
+use super::tcp::TcpEvent;
 use super::udp::{self, MediaSocket};
 use crate::config::Config;
 use crate::hub::subscriber::TrackDescription;
@@ -69,12 +70,14 @@ struct PendingViewer {
 
 pub struct Plane {
     config: Arc<Config>,
-    socket: Rc<MediaSocket>,
+    egress: Egress,
+    /// ICE-TCP connection events, taken by `run`.
+    tcp_events: Option<mpsc::Receiver<TcpEvent>>,
     factory: PeerFactory,
     peers: HashMap<PeerKey, Peer>,
     by_ufrag: HashMap<String, PeerKey>,
-    by_addr: HashMap<SocketAddr, PeerKey>,
-    addrs_of: HashMap<PeerKey, Vec<SocketAddr>>,
+    by_addr: HashMap<(Transport, SocketAddr), PeerKey>,
+    addrs_of: HashMap<PeerKey, Vec<(Transport, SocketAddr)>>,
     by_session: HashMap<SessionId, PeerKey>,
     timers: BTreeSet<(Instant, PeerKey)>,
     hub: Hub,
@@ -98,14 +101,26 @@ impl Plane {
     pub fn new(
         config: Arc<Config>,
         std_socket: std::net::UdpSocket,
+        tcp_listener: Option<std::net::TcpListener>,
         candidates: Vec<SocketAddr>,
     ) -> Result<Self, SignalError> {
-        let socket = MediaSocket::new(std_socket, config.udp_recv_buffer)
-            .map_err(|e| SignalError::Internal(e.to_string()))?;
+        let internal = |e: std::io::Error| SignalError::Internal(e.to_string());
+        let socket = MediaSocket::new(std_socket, config.udp_recv_buffer).map_err(internal)?;
+        let tcp_events = match tcp_listener {
+            Some(listener) => {
+                let listener = tokio::net::TcpListener::from_std(listener).map_err(internal)?;
+                let (tx, rx) = mpsc::channel(4096);
+                tokio::spawn(super::tcp::accept_loop(listener, tx));
+                Some(rx)
+            }
+            None => None,
+        };
+        let ice_tcp = tcp_events.is_some();
         Ok(Self {
             config,
-            socket: Rc::new(socket),
-            factory: PeerFactory::new(candidates)?,
+            egress: Egress::new(socket),
+            tcp_events,
+            factory: PeerFactory::new(candidates, ice_tcp)?,
             peers: HashMap::new(),
             by_ufrag: HashMap::new(),
             by_addr: HashMap::new(),
@@ -123,6 +138,7 @@ impl Plane {
     }
 
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut tcp_events = self.tcp_events.take();
         let mut bufs: Vec<Vec<u8>> = (0..udp::BATCH)
             .map(|_| vec![0u8; udp::DATAGRAM_BUF])
             .collect();
@@ -137,7 +153,7 @@ impl Plane {
                 .chain(self.replays.iter().map(|(t, _)| *t))
                 .min();
             let wake = next_timer.map_or(next_tick, |t| t.min(next_tick));
-            let socket = self.socket.clone();
+            let socket = self.egress.udp.clone();
             tokio::select! {
                 biased;
                 command = commands.recv() => {
@@ -156,7 +172,7 @@ impl Plane {
                             for (m, buf) in meta.iter().zip(bufs.iter()).take(count) {
                                 let stride = m.stride.max(1);
                                 for chunk in buf[..m.len].chunks(stride) {
-                                    self.on_datagram(now, m.addr, m.dst_ip, chunk);
+                                    self.on_datagram(now, Transport::Udp, m.addr, m.dst_ip, chunk);
                                 }
                             }
                         }
@@ -166,6 +182,7 @@ impl Plane {
                         }
                     }
                 }
+                Some(event) = next_tcp_event(&mut tcp_events) => self.on_tcp_event(event),
                 _ = tokio::time::sleep_until(wake.into()) => {}
             }
             let now = Instant::now();
@@ -181,8 +198,17 @@ impl Plane {
 
     // ----- datagrams ---------------------------------------------------------
 
-    fn on_datagram(&mut self, now: Instant, from: SocketAddr, to_ip: Option<IpAddr>, data: &[u8]) {
-        let key = match self.by_addr.get(&from) {
+    /// Handles one datagram (or ICE-TCP frame); returns whether it belonged
+    /// to a session.
+    fn on_datagram(
+        &mut self,
+        now: Instant,
+        transport: Transport,
+        from: SocketAddr,
+        to_ip: Option<IpAddr>,
+        data: &[u8],
+    ) -> bool {
+        let key = match self.by_addr.get(&(transport, from)) {
             Some(key) => *key,
             None => {
                 // Only a STUN check naming one of our sessions may introduce
@@ -193,33 +219,63 @@ impl Plane {
                     .and_then(|ufrag| self.by_ufrag.get(ufrag).copied());
                 let Some(key) = known else {
                     self.stats.unknown_datagrams += 1;
-                    return;
+                    return false;
                 };
                 let addrs = self.addrs_of.entry(key).or_default();
                 if addrs.len() >= MAX_ADDRS_PER_PEER {
-                    return;
+                    return false;
                 }
-                addrs.push(from);
-                self.by_addr.insert(from, key);
+                addrs.push((transport, from));
+                self.by_addr.insert((transport, from), key);
                 key
             }
         };
         let local = self.local_address(to_ip);
         let Some(peer) = self.peers.get_mut(&key) else {
-            return;
+            return false;
         };
         if peer.remote.is_none() {
             peer.remote = Some(from);
         }
         peer.local = Some(local);
         peer.src_ip = to_ip.filter(|_| self.config.public_ip.is_empty());
-        peer.handle_datagram(now, local, from, data);
+        peer.handle_datagram(now, transport.protocol(), local, from, data);
         self.drive(key, now);
+        true
+    }
+
+    fn on_tcp_event(&mut self, event: TcpEvent) {
+        match event {
+            TcpEvent::Opened { from, writer, .. } => {
+                self.egress.tcp.insert(from, writer);
+            }
+            TcpEvent::Frame { from, local, data } => {
+                let accepted = self.on_datagram(
+                    Instant::now(),
+                    Transport::Tcp,
+                    from,
+                    Some(local.ip()),
+                    &data,
+                );
+                if !accepted && !self.by_addr.contains_key(&(Transport::Tcp, from)) {
+                    // Nobody's session: dropping the writer closes it.
+                    self.egress.tcp.remove(&from);
+                }
+            }
+            TcpEvent::Closed { from } => {
+                self.egress.tcp.remove(&from);
+                if let Some(key) = self.by_addr.remove(&(Transport::Tcp, from))
+                    && let Some(addrs) = self.addrs_of.get_mut(&key)
+                {
+                    addrs.retain(|a| *a != (Transport::Tcp, from));
+                }
+            }
+        }
     }
 
     /// Our candidate address a datagram was sent to.
     fn local_address(&self, to_ip: Option<IpAddr>) -> SocketAddr {
-        let port = self.socket.local_addr().port();
+        let port = self.egress.udp.local_addr().port();
         if let Some(public) = self.config.public_ip.first() {
             return SocketAddr::new(*public, port);
         }
@@ -234,16 +290,22 @@ impl Plane {
                 .candidates()
                 .first()
                 .copied()
-                .unwrap_or_else(|| self.socket.local_addr()),
+                .unwrap_or_else(|| self.egress.udp.local_addr()),
         }
     }
 
     // ----- driving a peer ----------------------------------------------------
 
     /// Sends what the peer wants sent.
-    fn flush(socket: &MediaSocket, stats: &mut PlaneStats, peer: &mut Peer) {
+    fn flush(egress: &Egress, stats: &mut PlaneStats, peer: &mut Peer) {
         while let Some(out) = peer.pc.poll_write() {
-            match socket.send(out.transport.peer_addr, peer.src_ip, &out.message) {
+            let transport = &out.transport;
+            match egress.send(
+                transport.transport_protocol,
+                transport.peer_addr,
+                peer.src_ip,
+                &out.message,
+            ) {
                 Ok(()) => peer.packets_out += 1,
                 Err(err) => {
                     peer.send_errors += 1;
@@ -268,7 +330,7 @@ impl Plane {
                     self.reads = reads;
                     return;
                 };
-                Self::flush(&self.socket, &mut self.stats, peer);
+                Self::flush(&self.egress, &mut self.stats, peer);
                 while let Some(event) = peer.pc.poll_event() {
                     events.push(event);
                 }
@@ -290,7 +352,7 @@ impl Plane {
             }
         }
         if let Some(peer) = self.peers.get_mut(&key) {
-            Self::flush(&self.socket, &mut self.stats, peer);
+            Self::flush(&self.egress, &mut self.stats, peer);
         }
         self.reschedule(key);
         let closed = self
@@ -331,5 +393,13 @@ impl Plane {
             }
             self.drive(key, now);
         }
+    }
+}
+
+/// The next ICE-TCP event, or never when ICE-TCP is off.
+async fn next_tcp_event(events: &mut Option<mpsc::Receiver<TcpEvent>>) -> Option<TcpEvent> {
+    match events {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }

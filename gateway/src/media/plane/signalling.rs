@@ -380,6 +380,9 @@ impl Plane {
         if let Some(addrs) = self.addrs_of.remove(&key) {
             for a in addrs {
                 self.by_addr.remove(&a);
+                if a.0 == Transport::Tcp {
+                    self.egress.tcp.remove(&a.1);
+                }
             }
         }
         info!(key, "ICE restarted");

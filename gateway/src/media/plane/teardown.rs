@@ -14,7 +14,7 @@ impl Plane {
         };
         info!(session = %peer.session, stream = %peer.stream, role = ?peer.role, "session ended: {why}");
         peer.close();
-        Self::flush(&self.socket, &mut self.stats, &mut peer);
+        Self::flush(&self.egress, &mut self.stats, &mut peer);
         self.forget(key, &peer);
         match peer.role {
             Role::Viewer => {
@@ -40,6 +40,9 @@ impl Plane {
         if let Some(addrs) = self.addrs_of.remove(&key) {
             for a in addrs {
                 self.by_addr.remove(&a);
+                if a.0 == Transport::Tcp {
+                    self.egress.tcp.remove(&a.1);
+                }
             }
         }
         if let Some(deadline) = peer.deadline {
