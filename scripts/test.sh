@@ -65,5 +65,8 @@ done
 kill $GW; wait $GW 2>/dev/null || true
 trap - EXIT
 
+step "load tool smoke test (5 viewers)"
+target/release/load --spawn --viewers 5 --duration 8
+
 step "done"
 echo "all test stages passed in ${SECONDS}s"

@@ -3,4 +3,5 @@
 
 pub mod client;
 pub mod gateway;
+pub mod media_file;
 pub mod synth;

@@ -109,11 +109,13 @@ impl Plane {
         let Some(peer) = peers.get_mut(&key) else {
             return;
         };
+        let src_ip = peer.src_ip;
         let Peer { pc, role_state, .. } = peer;
         let RoleState::Viewer { tracks, .. } = role_state else {
             return;
         };
         let mut replayed = 0usize;
+        let (mut sent, mut failed) = (0, 0);
         for (index, slot) in tracks.iter_mut().enumerate() {
             let (Some(vt), Some(track)) = (slot.as_mut(), stream.tracks.get(index)) else {
                 continue;
@@ -131,10 +133,19 @@ impl Plane {
                 let mut packet = cached.clone();
                 vt.rewriter.rewrite(&mut packet.header, now);
                 Peer::forward_rtp(pc, now, packet);
+                // Send each packet right away: queued as one burst, a GOP of
+                // hundreds of packets grows every pipeline stage's buffers,
+                // which then never shrink (about 1 MiB per viewer).
+                let (s, f) = Self::drain_writes(egress, pc, src_ip);
+                sent += s;
+                failed += f;
                 replayed += 1;
             }
             vt.live = true;
         }
+        peer.packets_out += sent;
+        peer.send_errors += failed;
+        stats.send_errors += failed;
         Self::flush(egress, stats, peer);
         debug!(key, replayed, "GOP replayed to new viewer");
     }

@@ -298,24 +298,39 @@ impl Plane {
 
     /// Sends what the peer wants sent.
     fn flush(egress: &Egress, stats: &mut PlaneStats, peer: &mut Peer) {
-        while let Some(out) = peer.pc.poll_write() {
+        let (sent, failed) = Self::drain_writes(egress, &mut peer.pc, peer.src_ip);
+        peer.packets_out += sent;
+        if failed > 0 {
+            let before = peer.send_errors;
+            peer.send_errors += failed;
+            stats.send_errors += failed;
+            // Log at 1, 2, 4, 8… failures per peer, not on every packet.
+            if (before + 1..=peer.send_errors).any(u64::is_power_of_two) {
+                debug!(session = %peer.session, "{} sends failed so far", peer.send_errors);
+            }
+        }
+    }
+
+    /// Sends everything a connection has queued; returns (sent, failed).
+    fn drain_writes(
+        egress: &Egress,
+        pc: &mut rtc::peer_connection::RTCPeerConnection,
+        src_ip: Option<IpAddr>,
+    ) -> (u64, u64) {
+        let (mut sent, mut failed) = (0, 0);
+        while let Some(out) = pc.poll_write() {
             let transport = &out.transport;
             match egress.send(
                 transport.transport_protocol,
                 transport.peer_addr,
-                peer.src_ip,
+                src_ip,
                 &out.message,
             ) {
-                Ok(()) => peer.packets_out += 1,
-                Err(err) => {
-                    peer.send_errors += 1;
-                    stats.send_errors += 1;
-                    if peer.send_errors.is_power_of_two() {
-                        debug!(session = %peer.session, "send failed ({} so far): {err}", peer.send_errors);
-                    }
-                }
+                Ok(()) => sent += 1,
+                Err(_) => failed += 1,
             }
         }
+        (sent, failed)
     }
 
     /// Drains one peer after an input, handling everything it produced.
