@@ -1,7 +1,10 @@
 //! Whipcord's recorder: RTP → frames → WebM / MP4.
 //!
-//! So far this crate holds the codec knowledge every consumer of RTP needs
-//! (which codec a track carries, where a keyframe starts); the depacketizers
-//! and container writers build on it.
+//! - [`codec`]: what every consumer of RTP needs to know about a codec
+//!   (its kind, where a keyframe starts);
+//! - [`rtp`]: RTP packets → complete frames (reordering, loss handling,
+//!   depacketizing);
+//! - container writers and the catalog build on these (issue 3).
 
 pub mod codec;
+pub mod rtp;

@@ -1,0 +1,289 @@
+//! One frame per RTP timestamp, depacketized, and never broken.
+//!
+//! Video packets of one frame share a timestamp and the last carries the
+//! marker bit. A frame that lost a packet is dropped, and so is everything
+//! after it until the next keyframe: a decoder fed a damaged reference shows
+//! corrupt pictures until then anyway, and a recording must decode cleanly.
+//! Drops are counted so the caller can log them.
+
+use bytes::{Bytes, BytesMut};
+use rtc::rtp::Packet;
+use rtc::rtp::codec::av1::Av1Depacketizer;
+use rtc::rtp::codec::h264::H264Packet;
+use rtc::rtp::codec::opus::OpusPacket;
+use rtc::rtp::codec::vp8::Vp8Packet;
+use rtc::rtp::codec::vp9::Vp9Packet;
+use rtc::rtp::packetizer::Depacketizer;
+
+use super::reorder::Released;
+use super::unwrap::TimestampUnwrapper;
+use crate::codec::{Codec, MediaKind};
+
+/// A complete, decodable frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub codec: Codec,
+    /// RTP timestamp, unwrapped; in the track's clock rate.
+    pub timestamp: i64,
+    pub keyframe: bool,
+    /// H264: length-prefixed NAL units (AVC); VP8/VP9: the frame; AV1: OBUs
+    /// with size fields; Opus: one packet.
+    pub data: Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AssembleError {
+    #[error("recording {0} is not supported yet")]
+    Unsupported(Codec),
+}
+
+/// A frame being collected.
+struct Partial {
+    timestamp: u32,
+    payloads: Vec<Bytes>,
+    keyframe: bool,
+    broken: bool,
+}
+
+pub struct FrameAssembler {
+    codec: Codec,
+    timestamps: TimestampUnwrapper,
+    current: Option<Partial>,
+    /// After a loss, frames are dropped until a keyframe.
+    need_keyframe: bool,
+    /// Frames dropped because of loss (damaged, or waiting for a keyframe).
+    pub dropped_frames: u64,
+    /// Frames whose payloads the depacketizer rejected.
+    pub malformed_frames: u64,
+}
+
+impl FrameAssembler {
+    pub fn new(codec: Codec) -> Result<Self, AssembleError> {
+        if matches!(codec, Codec::H265 | Codec::G711u | Codec::G711a) {
+            return Err(AssembleError::Unsupported(codec));
+        }
+        Ok(Self {
+            codec,
+            timestamps: TimestampUnwrapper::default(),
+            current: None,
+            need_keyframe: codec.kind() == MediaKind::Video,
+            dropped_frames: 0,
+            malformed_frames: 0,
+        })
+    }
+
+    /// Feeds what the reorder buffer released; returns the frames that
+    /// completed (at most two: the previous one and a one-packet frame).
+    pub fn push(&mut self, released: Released) -> Vec<Frame> {
+        let mut out = Vec::new();
+        match released {
+            Released::Gap { .. } => {
+                if let Some(partial) = self.current.as_mut() {
+                    partial.broken = true;
+                }
+                if self.codec.kind() == MediaKind::Video {
+                    self.need_keyframe = true;
+                }
+            }
+            Released::Packet(packet) => self.push_packet(packet, &mut out),
+        }
+        out
+    }
+
+    fn push_packet(&mut self, packet: Packet, out: &mut Vec<Frame>) {
+        if self.codec.kind() == MediaKind::Audio {
+            // Every audio packet is a frame of its own.
+            let timestamp = packet.header.timestamp;
+            self.current = Some(Partial {
+                timestamp,
+                payloads: vec![packet.payload],
+                keyframe: true,
+                broken: false,
+            });
+            self.finish(out);
+            return;
+        }
+        let timestamp = packet.header.timestamp;
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|p| p.timestamp != timestamp)
+        {
+            // A new frame began without the last one's marker: the marker
+            // packet was lost inside what looked like a contiguous run.
+            if let Some(partial) = self.current.as_mut() {
+                partial.broken = true;
+            }
+            self.finish(out);
+        }
+        let keyframe = self.codec.starts_keyframe(&packet.payload);
+        let partial = self.current.get_or_insert_with(|| Partial {
+            timestamp,
+            payloads: Vec::new(),
+            keyframe: false,
+            broken: false,
+        });
+        partial.keyframe |= keyframe;
+        partial.payloads.push(packet.payload);
+        if packet.header.marker {
+            self.finish(out);
+        }
+    }
+
+    fn finish(&mut self, out: &mut Vec<Frame>) {
+        let Some(partial) = self.current.take() else {
+            return;
+        };
+        if partial.broken {
+            self.dropped_frames += 1;
+            if self.codec.kind() == MediaKind::Video {
+                self.need_keyframe = true;
+            }
+            return;
+        }
+        if self.need_keyframe && !partial.keyframe {
+            self.dropped_frames += 1;
+            return;
+        }
+        match depacketize(self.codec, &partial.payloads) {
+            Some(data) if !data.is_empty() => {
+                self.need_keyframe = false;
+                out.push(Frame {
+                    codec: self.codec,
+                    timestamp: self.timestamps.unwrap(partial.timestamp),
+                    keyframe: partial.keyframe,
+                    data,
+                });
+            }
+            _ => {
+                self.malformed_frames += 1;
+                if self.codec.kind() == MediaKind::Video {
+                    self.need_keyframe = true;
+                }
+            }
+        }
+    }
+}
+
+/// Runs one frame's payloads through a fresh depacketizer, so no state
+/// leaks from a damaged frame into the next.
+fn depacketize(codec: Codec, payloads: &[Bytes]) -> Option<Bytes> {
+    fn run(mut d: impl Depacketizer, payloads: &[Bytes]) -> Option<Bytes> {
+        let mut data = BytesMut::new();
+        for payload in payloads {
+            data.extend_from_slice(&d.depacketize(payload).ok()?);
+        }
+        Some(data.freeze())
+    }
+    match codec {
+        Codec::H264 => {
+            let mut d = H264Packet::default();
+            d.is_avc = true;
+            run(d, payloads)
+        }
+        Codec::Vp8 => run(Vp8Packet::default(), payloads),
+        Codec::Vp9 => run(Vp9Packet::default(), payloads),
+        Codec::Av1 => run(Av1Depacketizer::new(), payloads),
+        Codec::Opus => run(OpusPacket, payloads),
+        Codec::H265 | Codec::G711u | Codec::G711a => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packet(seq: u16, ts: u32, marker: bool, payload: &[u8]) -> Released {
+        let mut p = Packet::default();
+        p.header.sequence_number = seq;
+        p.header.timestamp = ts;
+        p.header.marker = marker;
+        p.payload = Bytes::copy_from_slice(payload);
+        Released::Packet(p)
+    }
+
+    /// SPS + PPS in a STAP-A, then an IDR in two FU-A fragments.
+    fn keyframe(seq: u16, ts: u32) -> Vec<Released> {
+        vec![
+            packet(seq, ts, false, &[0x78, 0, 2, 0x67, 0x42, 0, 2, 0x68, 0xce]),
+            packet(seq + 1, ts, false, &[0x7c, 0x85, 0xaa, 0xbb]),
+            packet(seq + 2, ts, true, &[0x7c, 0x45, 0xcc]),
+        ]
+    }
+
+    fn feed(a: &mut FrameAssembler, items: Vec<Released>) -> Vec<Frame> {
+        items.into_iter().flat_map(|r| a.push(r)).collect()
+    }
+
+    #[test]
+    fn h264_keyframe_becomes_avc_access_unit() {
+        let mut a = FrameAssembler::new(Codec::H264).expect("supported");
+        let frames = feed(&mut a, keyframe(1, 3000));
+        assert_eq!(frames.len(), 1);
+        let f = &frames[0];
+        assert!(f.keyframe);
+        assert_eq!(
+            f.data.as_ref(),
+            &[
+                0, 0, 0, 2, 0x67, 0x42, 0, 0, 0, 2, 0x68, 0xce, 0, 0, 0, 4, 0x65, 0xaa, 0xbb, 0xcc
+            ]
+        );
+    }
+
+    #[test]
+    fn loss_drops_until_next_keyframe() {
+        let mut a = FrameAssembler::new(Codec::H264).expect("supported");
+        assert!(
+            feed(&mut a, vec![packet(1, 0, true, &[0x41, 1, 1, 1])]).is_empty(),
+            "no keyframe yet"
+        );
+        assert_eq!(feed(&mut a, keyframe(2, 3000)).len(), 1);
+        assert_eq!(
+            feed(&mut a, vec![packet(5, 6000, true, &[0x41, 2, 2, 2])]).len(),
+            1
+        );
+        // The first packet of the next frame is lost.
+        let damaged = vec![
+            Released::Gap { missing: 1 },
+            packet(7, 9000, true, &[0x41, 3, 3, 3]),
+            packet(8, 12000, true, &[0x41, 4, 4, 4]),
+        ];
+        assert!(feed(&mut a, damaged).is_empty());
+        let frames = feed(&mut a, keyframe(9, 15000));
+        assert_eq!(frames.len(), 1);
+        assert!(frames[0].keyframe);
+        assert_eq!(a.dropped_frames, 3);
+    }
+
+    #[test]
+    fn lost_marker_breaks_the_frame() {
+        let mut a = FrameAssembler::new(Codec::Vp8).expect("supported");
+        let frames = feed(
+            &mut a,
+            vec![
+                packet(1, 0, false, &[0x10, 0x00, 1, 2]),
+                packet(2, 0, true, &[0x00, 3, 3, 3]),
+                // Frame at 3000 has no marker; the next timestamp starts.
+                packet(3, 3000, false, &[0x10, 0x01, 4, 4]),
+                packet(4, 6000, true, &[0x10, 0x00, 5, 5]),
+            ],
+        );
+        let stamps: Vec<i64> = frames.iter().map(|f| f.timestamp).collect();
+        assert_eq!(stamps, vec![0, 6000]);
+        assert_eq!(frames[0].data.as_ref(), &[0x00, 1, 2, 3, 3, 3]);
+    }
+
+    #[test]
+    fn opus_packets_are_frames() {
+        let mut a = FrameAssembler::new(Codec::Opus).expect("supported");
+        let frames = feed(
+            &mut a,
+            vec![
+                packet(1, 960, true, &[0xfc, 1, 1]),
+                packet(2, 1920, false, &[0xfc, 2, 2]),
+            ],
+        );
+        assert_eq!(frames.len(), 2);
+        assert_eq!(frames[1].timestamp - frames[0].timestamp, 960);
+    }
+}
