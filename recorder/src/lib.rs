@@ -4,7 +4,9 @@
 //!   (its kind, where a keyframe starts);
 //! - [`rtp`]: RTP packets → complete frames (reordering, loss handling,
 //!   depacketizing);
-//! - container writers and the catalog build on these (issue 3).
+//! - [`webm`]: crash-tolerant WebM files (live-mode segments);
+//! - MP4 writers and the catalog come next (issue 3).
 
 pub mod codec;
 pub mod rtp;
+pub mod webm;

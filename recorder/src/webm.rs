@@ -1,0 +1,202 @@
+//! WebM recordings (VP8, VP9, AV1 video; Opus audio) through libwebm.
+//!
+//! Clusters go to the file as they close, and the segment's size is written
+//! as "unknown" until the end: a file cut off by a crash or `kill -9` is
+//! read by players up to its last complete cluster (tested with FFmpeg). A
+//! clean [`WebmRecording::finish`] seeks back to fill in the duration and
+//! appends cues, so the finished file is seekable.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+
+use webm::mux::{
+    AudioCodecId, AudioTrack, Segment, SegmentBuilder, VideoCodecId, VideoTrack, Writer,
+};
+
+use crate::codec::Codec;
+use crate::rtp::Frame;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WebmError {
+    #[error("cannot create {path}: {source}")]
+    Create {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0} cannot be recorded to WebM")]
+    Codec(Codec),
+    #[error("libwebm refused the {what}: {detail}")]
+    Mux { what: &'static str, detail: String },
+    #[error("timestamps must not go backwards ({prev_ns} ns, then {next_ns} ns)")]
+    NonMonotonic { prev_ns: u64, next_ns: u64 },
+}
+
+fn mux(what: &'static str) -> impl Fn(webm::mux::Error) -> WebmError {
+    move |e| WebmError::Mux {
+        what,
+        detail: format!("{e:?}"),
+    }
+}
+
+/// The video track of a recording.
+#[derive(Debug, Clone, Copy)]
+pub struct VideoParams {
+    pub codec: Codec,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// The audio track of a recording (Opus).
+#[derive(Debug, Clone, Copy)]
+pub struct AudioParams {
+    pub channels: u32,
+    pub sample_rate: u32,
+}
+
+pub struct WebmRecording<W: Write> {
+    segment: Segment<W>,
+    video: Option<VideoTrack>,
+    audio: Option<AudioTrack>,
+    last_ns: u64,
+}
+
+impl WebmRecording<File> {
+    pub fn create(
+        path: &Path,
+        video: Option<VideoParams>,
+        audio: Option<AudioParams>,
+    ) -> Result<Self, WebmError> {
+        let file = File::create(path).map_err(|source| WebmError::Create {
+            path: path.display().to_string(),
+            source,
+        })?;
+        // Seekable: clusters still go out as they close (live mode), and a
+        // clean finish can go back to fill in the duration.
+        Self::with_writer(
+            Writer::new(file),
+            webm::mux::SegmentMode::File,
+            video,
+            audio,
+        )
+    }
+}
+
+impl<W: Write> WebmRecording<W> {
+    /// A recording into a stream that cannot seek (a pipe, a socket).
+    pub fn new(
+        dest: W,
+        video: Option<VideoParams>,
+        audio: Option<AudioParams>,
+    ) -> Result<Self, WebmError> {
+        Self::with_writer(
+            Writer::new_non_seek(dest),
+            webm::mux::SegmentMode::Live,
+            video,
+            audio,
+        )
+    }
+
+    fn with_writer(
+        writer: Writer<W>,
+        mode: webm::mux::SegmentMode,
+        video: Option<VideoParams>,
+        audio: Option<AudioParams>,
+    ) -> Result<Self, WebmError> {
+        let mut builder = SegmentBuilder::new(writer)
+            .map_err(mux("segment"))?
+            .set_mode(mode)
+            .map_err(mux("mode"))?
+            .set_writing_app("whipcord")
+            .map_err(mux("writing app"))?;
+        let mut video_track = None;
+        if let Some(v) = video {
+            let codec = match v.codec {
+                Codec::Vp8 => VideoCodecId::VP8,
+                Codec::Vp9 => VideoCodecId::VP9,
+                Codec::Av1 => VideoCodecId::AV1,
+                other => return Err(WebmError::Codec(other)),
+            };
+            let (b, track) = builder
+                .add_video_track(v.width.max(1), v.height.max(1), codec, None)
+                .map_err(mux("video track"))?;
+            builder = b;
+            video_track = Some(track);
+        }
+        let mut audio_track = None;
+        if let Some(a) = audio {
+            let (b, track) = builder
+                .add_audio_track(a.sample_rate, a.channels, AudioCodecId::Opus, None)
+                .map_err(mux("audio track"))?;
+            builder = b
+                .set_codec_private(track, &opus_head(a.channels, a.sample_rate))
+                .map_err(mux("OpusHead"))?;
+            audio_track = Some(track);
+        }
+        Ok(Self {
+            segment: builder.build(),
+            video: video_track,
+            audio: audio_track,
+            last_ns: 0,
+        })
+    }
+
+    /// Adds a frame at `time_ns` on the recording's timeline. Frames of all
+    /// tracks must come interleaved in time order.
+    pub fn write(&mut self, frame: &Frame, time_ns: u64) -> Result<(), WebmError> {
+        if time_ns < self.last_ns {
+            return Err(WebmError::NonMonotonic {
+                prev_ns: self.last_ns,
+                next_ns: time_ns,
+            });
+        }
+        let track: u64 = match frame.codec {
+            Codec::Opus => self.audio.ok_or(WebmError::Codec(frame.codec))?.into(),
+            Codec::Vp8 | Codec::Vp9 | Codec::Av1 => {
+                self.video.ok_or(WebmError::Codec(frame.codec))?.into()
+            }
+            other => return Err(WebmError::Codec(other)),
+        };
+        self.segment
+            .add_frame(track, &frame.data, time_ns, frame.keyframe)
+            .map_err(mux("frame"))?;
+        self.last_ns = time_ns;
+        Ok(())
+    }
+
+    /// Writes the duration (and, for files, the cues) and closes the segment.
+    pub fn finish(self) -> Result<W, WebmError> {
+        // In the segment's timecode scale: libwebm's default of 1 ms.
+        let duration = self.last_ns / 1_000_000;
+        self.segment
+            .finalize(Some(duration))
+            .map(Writer::into_inner)
+            .map_err(|_| WebmError::Mux {
+                what: "finalize",
+                detail: "segment could not be finalized".into(),
+            })
+    }
+}
+
+/// The `OpusHead` codec private data (RFC 7845 §5.1).
+fn opus_head(channels: u32, sample_rate: u32) -> Vec<u8> {
+    let mut head = b"OpusHead".to_vec();
+    head.push(1); // version
+    head.push(u8::try_from(channels).unwrap_or(2));
+    head.extend_from_slice(&0u16.to_le_bytes()); // pre-skip
+    head.extend_from_slice(&sample_rate.to_le_bytes());
+    head.extend_from_slice(&0i16.to_le_bytes()); // output gain
+    head.push(0); // mapping family: mono/stereo
+    head
+}
+
+/// Width and height from a VP8 keyframe's header (RFC 6386 §9.1).
+pub fn vp8_dimensions(frame: &[u8]) -> Option<(u32, u32)> {
+    let is_key = frame.first()? & 0x01 == 0;
+    if !is_key || frame.get(3..6)? != [0x9d, 0x01, 0x2a] {
+        return None;
+    }
+    let w = u16::from_le_bytes([*frame.get(6)?, *frame.get(7)?]) & 0x3fff;
+    let h = u16::from_le_bytes([*frame.get(8)?, *frame.get(9)?]) & 0x3fff;
+    Some((u32::from(w), u32::from(h)))
+}
