@@ -659,6 +659,17 @@ impl Publisher {
         Ok(())
     }
 
+    /// Runs [`Publisher::run`] in a task, so the test can join viewers
+    /// while media flows.
+    pub fn spawn_run(
+        self: &Arc<Self>,
+        duration: Duration,
+        gop: Duration,
+    ) -> tokio::task::JoinHandle<Result<()>> {
+        let publisher = self.clone();
+        tokio::spawn(async move { publisher.run(duration, gop).await })
+    }
+
     /// Sends a text message on the publisher's data channel, once open.
     pub async fn send_chat(&self, text: &str) -> Result<()> {
         let (dc, open) = self.chat.as_ref().context("no data channel requested")?;

@@ -18,18 +18,8 @@ async fn three_viewers_get_every_track(codec: VideoCodec) -> anyhow::Result<()> 
         },
     )
     .await?;
-    let publishing = {
-        let p = std::sync::Arc::new(publisher);
-        let runner = p.clone();
-        (
-            p,
-            tokio::spawn(async move {
-                runner
-                    .run(Duration::from_secs(8), Duration::from_secs(1))
-                    .await
-            }),
-        )
-    };
+    let publisher = std::sync::Arc::new(publisher);
+    let runner = publisher.spawn_run(Duration::from_secs(8), Duration::from_secs(1));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut viewers = Vec::new();
     for _ in 0..3 {
@@ -70,7 +60,6 @@ async fn three_viewers_get_every_track(codec: VideoCodec) -> anyhow::Result<()> 
             assert_eq!(t.lost(), 0, "{} lost packets on loopback", t.kind);
         }
     }
-    let (publisher, runner) = publishing;
     runner.await??;
     assert_eq!(publisher.delete().await?, 200);
     Ok(())
@@ -101,10 +90,7 @@ async fn publisher_chat_reaches_viewers() -> anyhow::Result<()> {
         )
         .await?,
     );
-    let runner = {
-        let p = publisher.clone();
-        tokio::spawn(async move { p.run(Duration::from_secs(5), Duration::from_secs(1)).await })
-    };
+    let runner = publisher.spawn_run(Duration::from_secs(5), Duration::from_secs(1));
     tokio::time::sleep(Duration::from_millis(800)).await;
     let viewer = Viewer::connect(&base, "chat", WatchOptions::av()).await?;
     viewer.wait_tracks(2, 1, Duration::from_secs(2)).await?;
@@ -137,10 +123,7 @@ async fn viewers_continue_seamlessly_across_publisher_takeover() -> anyhow::Resu
     let base = gw.url("");
     let first =
         std::sync::Arc::new(Publisher::connect(&base, "relay", PublishOptions::default()).await?);
-    let first_run = {
-        let p = first.clone();
-        tokio::spawn(async move { p.run(Duration::from_secs(3), Duration::from_secs(1)).await })
-    };
+    let first_run = first.spawn_run(Duration::from_secs(3), Duration::from_secs(1));
     tokio::time::sleep(Duration::from_millis(800)).await;
     let viewer = Viewer::connect(&base, "relay", WatchOptions::av()).await?;
     viewer.wait_tracks(2, 10, Duration::from_secs(2)).await?;

@@ -62,10 +62,7 @@ async fn late_viewer_starts_on_cached_keyframe_within_300ms() -> anyhow::Result<
     let base = gw.url("");
     // Keyframe every 4 s, and the synthetic publisher ignores PLI like OBS.
     let publisher = Arc::new(Publisher::connect(&base, "gop", PublishOptions::default()).await?);
-    let runner = {
-        let p = publisher.clone();
-        tokio::spawn(async move { p.run(Duration::from_secs(7), Duration::from_secs(4)).await })
-    };
+    let runner = publisher.spawn_run(Duration::from_secs(7), Duration::from_secs(4));
     tokio::time::sleep(Duration::from_secs(3)).await;
     let viewer = Viewer::connect(&base, "gop", WatchOptions::av()).await?;
     let tracks = viewer.wait_tracks(2, 1, Duration::from_secs(2)).await?;
@@ -140,10 +137,7 @@ async fn sigterm_ends_sessions_and_exits_cleanly() -> anyhow::Result<()> {
     let mut gw = Gateway::start().await?;
     let base = gw.url("");
     let publisher = Arc::new(Publisher::connect(&base, "bye", PublishOptions::default()).await?);
-    let runner = {
-        let p = publisher.clone();
-        tokio::spawn(async move { p.run(Duration::from_secs(4), Duration::from_secs(1)).await })
-    };
+    let runner = publisher.spawn_run(Duration::from_secs(4), Duration::from_secs(1));
     tokio::time::sleep(Duration::from_millis(800)).await;
     let mut viewer = Viewer::connect(&base, "bye", WatchOptions::av()).await?;
     viewer.wait_tracks(2, 1, Duration::from_secs(2)).await?;

@@ -35,10 +35,7 @@ async fn obs_shaped_offer_connects_and_flows() -> anyhow::Result<()> {
     let audio_pt = publisher.audio.as_ref().map(|a| a.2);
     assert_eq!((video_pt, audio_pt), (Some(96), Some(111)));
 
-    let runner = {
-        let p = publisher.clone();
-        tokio::spawn(async move { p.run(Duration::from_secs(5), Duration::from_secs(1)).await })
-    };
+    let runner = publisher.spawn_run(Duration::from_secs(5), Duration::from_secs(1));
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let viewer = Viewer::connect(&base, "obs", WatchOptions::av()).await?;
     let tracks = viewer.wait_tracks(2, 30, Duration::from_secs(3)).await?;
@@ -75,10 +72,7 @@ async fn simulcast_offer_gets_every_layer_and_viewers_the_highest() -> anyhow::R
     // OBS counts the accepted layers by the separators in this line.
     assert_eq!(simulcast_line.matches(';').count(), 2, "{simulcast_line}");
 
-    let runner = {
-        let p = publisher.clone();
-        tokio::spawn(async move { p.run(Duration::from_secs(7), Duration::from_secs(1)).await })
-    };
+    let runner = publisher.spawn_run(Duration::from_secs(7), Duration::from_secs(1));
     // Let the gateway measure the layers, then watch.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let viewer = Viewer::connect(&base, "sim", WatchOptions::av()).await?;
@@ -135,10 +129,7 @@ async fn public_ip_is_advertised_and_reachable() -> anyhow::Result<()> {
         candidates.iter().all(|c| c.contains(" 127.0.0.2 ")),
         "answer candidates: {candidates:?}"
     );
-    let runner = {
-        let p = publisher.clone();
-        tokio::spawn(async move { p.run(Duration::from_secs(3), Duration::from_secs(1)).await })
-    };
+    let runner = publisher.spawn_run(Duration::from_secs(3), Duration::from_secs(1));
     tokio::time::sleep(Duration::from_millis(800)).await;
     let viewer = Viewer::connect(&base, "nat", WatchOptions::av()).await?;
     viewer.wait_tracks(2, 10, Duration::from_secs(3)).await?;
@@ -165,10 +156,7 @@ async fn ice_tcp_publisher_and_viewer() -> anyhow::Result<()> {
         "no passive TCP candidate in the answer:\n{}",
         publisher.answer
     );
-    let runner = {
-        let p = publisher.clone();
-        tokio::spawn(async move { p.run(Duration::from_secs(4), Duration::from_secs(1)).await })
-    };
+    let runner = publisher.spawn_run(Duration::from_secs(4), Duration::from_secs(1));
     tokio::time::sleep(Duration::from_millis(800)).await;
     let viewer = Viewer::connect(
         &base,
