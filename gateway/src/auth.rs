@@ -58,7 +58,7 @@ pub fn check(
 
 /// Compares without an early exit so response timing does not reveal how
 /// much of a guessed token was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 use serde::Deserialize;
 
+pub use crate::recording::policy::{RecordFormat, RecordPolicy};
+
 /// Command-line flags. Each flag can also be set through the environment
 /// variable named in its help text; unset flags fall back to the config file
 /// and then to the built-in defaults.
@@ -98,6 +100,38 @@ pub struct Cli {
     /// Log filter in `tracing` syntax, e.g. `info,whipcord=debug` [default: info, WebRTC stack at warn].
     #[arg(long, env = "WHIPCORD_LOG")]
     pub log: Option<String>,
+
+    /// Which streams are recorded: `all`, `none`, or comma-separated
+    /// stream-name patterns with `*` and `?` [default: all].
+    #[arg(long, env = "WHIPCORD_RECORD")]
+    pub record: Option<RecordPolicy>,
+
+    /// Container of recordings: `auto` (H264/H265/AV1 → MP4, VP8/VP9 →
+    /// WebM), `mp4` or `webm` [default: auto].
+    #[arg(long, env = "WHIPCORD_RECORD_FORMAT")]
+    pub record_format: Option<RecordFormat>,
+
+    /// Start a new recording file every this many seconds (0: never) [default: 0].
+    #[arg(long, env = "WHIPCORD_RECORD_SEGMENT_SECS")]
+    pub record_segment_secs: Option<u64>,
+
+    /// Start a new recording file once a file reaches this many MiB (0: never) [default: 0].
+    #[arg(long, env = "WHIPCORD_RECORD_SEGMENT_MB")]
+    pub record_segment_mb: Option<u64>,
+
+    /// Delete recordings older than this many hours (0: keep) [default: 0].
+    #[arg(long, env = "WHIPCORD_RECORD_MAX_AGE_HOURS")]
+    pub record_max_age_hours: Option<u64>,
+
+    /// Delete the oldest recordings while all of them together take more
+    /// than this many MiB (0: no limit) [default: 0].
+    #[arg(long, env = "WHIPCORD_RECORD_MAX_TOTAL_MB")]
+    pub record_max_total_mb: Option<u64>,
+
+    /// Bearer token for the REST API (recordings). Without one, the API
+    /// answers loopback clients only.
+    #[arg(long, env = "WHIPCORD_API_TOKEN")]
+    pub api_token: Option<String>,
 }
 
 /// A STUN or TURN server announced to clients.
@@ -138,6 +172,13 @@ pub struct Config {
     pub ice_tcp: bool,
     pub udp_recv_buffer: usize,
     pub log: String,
+    pub record: RecordPolicy,
+    pub record_format: RecordFormat,
+    pub record_segment_secs: u64,
+    pub record_segment_mb: u64,
+    pub record_max_age_hours: u64,
+    pub record_max_total_mb: u64,
+    pub api_token: Option<String>,
     #[serde(rename = "stream")]
     pub streams: Vec<StreamConfig>,
 }
@@ -158,6 +199,13 @@ impl Default for Config {
             ice_tcp: true,
             udp_recv_buffer: 8 * 1024 * 1024,
             log: DEFAULT_LOG.to_owned(),
+            record: RecordPolicy::All,
+            record_format: RecordFormat::Auto,
+            record_segment_secs: 0,
+            record_segment_mb: 0,
+            record_max_age_hours: 0,
+            record_max_total_mb: 0,
+            api_token: None,
             streams: Vec::new(),
         }
     }
@@ -256,6 +304,27 @@ impl Config {
         }
         if let Some(v) = &cli.log {
             self.log = v.clone();
+        }
+        if let Some(v) = &cli.record {
+            self.record = v.clone();
+        }
+        if let Some(v) = cli.record_format {
+            self.record_format = v;
+        }
+        if let Some(v) = cli.record_segment_secs {
+            self.record_segment_secs = v;
+        }
+        if let Some(v) = cli.record_segment_mb {
+            self.record_segment_mb = v;
+        }
+        if let Some(v) = cli.record_max_age_hours {
+            self.record_max_age_hours = v;
+        }
+        if let Some(v) = cli.record_max_total_mb {
+            self.record_max_total_mb = v;
+        }
+        if let Some(v) = &cli.api_token {
+            self.api_token = Some(v.clone());
         }
     }
 

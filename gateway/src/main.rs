@@ -5,6 +5,7 @@ mod config;
 mod http;
 mod hub;
 mod media;
+mod recording;
 mod sdpfrag;
 mod signal;
 mod stream_name;
@@ -35,8 +36,18 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
 
+    // Recordings run on their own runtime: disk writes never delay the
+    // media thread or the HTTP workers.
+    let recorder_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("whipcord-recorder")
+        .enable_all()
+        .build()
+        .context("starting the recorder runtime")?;
+    let recordings = recording::Recordings::open(config.clone(), recorder_runtime.handle().clone())
+        .context("opening the recordings catalog")?;
     let (media, media_thread, media_addr) =
-        media::start(config.clone()).context("starting the media plane")?;
+        media::start(config.clone(), recordings.clone()).context("starting the media plane")?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -47,6 +58,7 @@ fn main() -> anyhow::Result<()> {
         let state = Arc::new(http::AppState {
             config: config.clone(),
             media: media.clone(),
+            recordings: recordings.clone(),
         });
         let server = http::server(state).context("binding the HTTP listener")?;
         let handle = server.handle();
@@ -57,10 +69,13 @@ fn main() -> anyhow::Result<()> {
         if let Err(err) = media.request(|reply| Command::Shutdown { reply }).await {
             warn!("media plane shutdown: {err}");
         }
+        // The streams have ended; let every recording finish its file.
+        recordings.wait_idle(Duration::from_secs(10)).await;
         handle.stop(true).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), server_task).await;
         anyhow::Ok(())
     })?;
+    recorder_runtime.shutdown_timeout(Duration::from_secs(2));
     if media_thread.join().is_err() {
         warn!("media thread panicked");
     }

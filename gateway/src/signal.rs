@@ -143,6 +143,11 @@ pub enum Command {
     ListStreams {
         reply: oneshot::Sender<Vec<StreamSummary>>,
     },
+    /// Start recording a live stream (no-op if it is recorded already).
+    StartRecording {
+        stream: StreamName,
+        reply: oneshot::Sender<Result<(), SignalError>>,
+    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },

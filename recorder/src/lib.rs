@@ -4,9 +4,18 @@
 //!   (its kind, where a keyframe starts);
 //! - [`rtp`]: RTP packets → complete frames (reordering, loss handling,
 //!   depacketizing);
-//! - [`webm`]: crash-tolerant WebM files (live-mode segments);
-//! - MP4 writers and the catalog come next (issue 3).
+//! - [`params`]: what a container needs to know about a video stream,
+//!   read from its keyframes (dimensions, avcC/hvcC/vpcC/av1C);
+//! - [`sync`]: one timeline for all tracks (sender reports), interleaving;
+//! - [`webm`]: crash-tolerant WebM files (clusters written as they close);
+//! - [`mp4`]: fragmented MP4 files (a fragment per second, flushed) and
+//!   their repair after a crash;
+//! - [`catalog`]: the SQLite index of recordings.
 
+pub mod catalog;
 pub mod codec;
+pub mod mp4;
+pub mod params;
 pub mod rtp;
+pub mod sync;
 pub mod webm;

@@ -15,6 +15,8 @@ use webm::mux::{
 };
 
 use crate::codec::Codec;
+use crate::params::VideoDetail;
+pub use crate::params::{AudioParams, VideoConfig, vp8_dimensions};
 use crate::rtp::Frame;
 
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +41,9 @@ fn mux(what: &'static str) -> impl Fn(webm::mux::Error) -> WebmError {
     }
 }
 
-/// The video track of a recording.
+/// A video track given by codec and size only. AV1 recordings should be
+/// made from a [`VideoConfig`] read from the first keyframe instead, so the
+/// track carries its `av1C` CodecPrivate.
 #[derive(Debug, Clone, Copy)]
 pub struct VideoParams {
     pub codec: Codec,
@@ -47,11 +51,15 @@ pub struct VideoParams {
     pub height: u32,
 }
 
-/// The audio track of a recording (Opus).
-#[derive(Debug, Clone, Copy)]
-pub struct AudioParams {
-    pub channels: u32,
-    pub sample_rate: u32,
+impl From<VideoParams> for VideoConfig {
+    fn from(v: VideoParams) -> Self {
+        VideoConfig {
+            codec: v.codec,
+            width: v.width,
+            height: v.height,
+            detail: VideoDetail::None,
+        }
+    }
 }
 
 pub struct WebmRecording<W: Write> {
@@ -62,9 +70,11 @@ pub struct WebmRecording<W: Write> {
 }
 
 impl WebmRecording<File> {
+    /// `video` is a [`VideoConfig`] (from the first keyframe) or a plain
+    /// [`VideoParams`]; an audio-only recording passes `None::<VideoConfig>`.
     pub fn create(
         path: &Path,
-        video: Option<VideoParams>,
+        video: Option<impl Into<VideoConfig>>,
         audio: Option<AudioParams>,
     ) -> Result<Self, WebmError> {
         let file = File::create(path).map_err(|source| WebmError::Create {
@@ -76,7 +86,7 @@ impl WebmRecording<File> {
         Self::with_writer(
             Writer::new(file),
             webm::mux::SegmentMode::File,
-            video,
+            video.map(Into::into),
             audio,
         )
     }
@@ -86,13 +96,13 @@ impl<W: Write> WebmRecording<W> {
     /// A recording into a stream that cannot seek (a pipe, a socket).
     pub fn new(
         dest: W,
-        video: Option<VideoParams>,
+        video: Option<impl Into<VideoConfig>>,
         audio: Option<AudioParams>,
     ) -> Result<Self, WebmError> {
         Self::with_writer(
             Writer::new_non_seek(dest),
             webm::mux::SegmentMode::Live,
-            video,
+            video.map(Into::into),
             audio,
         )
     }
@@ -100,7 +110,7 @@ impl<W: Write> WebmRecording<W> {
     fn with_writer(
         writer: Writer<W>,
         mode: webm::mux::SegmentMode,
-        video: Option<VideoParams>,
+        video: Option<VideoConfig>,
         audio: Option<AudioParams>,
     ) -> Result<Self, WebmError> {
         let mut builder = SegmentBuilder::new(writer)
@@ -121,6 +131,15 @@ impl<W: Write> WebmRecording<W> {
                 .add_video_track(v.width.max(1), v.height.max(1), codec, None)
                 .map_err(mux("video track"))?;
             builder = b;
+            // AV1 in Matroska requires CodecPrivate = av1C (the sequence
+            // header OBU among it); players refuse or guess without it.
+            if v.codec == Codec::Av1
+                && let Some(av1c) = v.decoder_config_record()
+            {
+                builder = builder
+                    .set_codec_private(track, &av1c)
+                    .map_err(mux("av1C"))?;
+            }
             video_track = Some(track);
         }
         let mut audio_track = None;
@@ -188,15 +207,4 @@ fn opus_head(channels: u32, sample_rate: u32) -> Vec<u8> {
     head.extend_from_slice(&0i16.to_le_bytes()); // output gain
     head.push(0); // mapping family: mono/stereo
     head
-}
-
-/// Width and height from a VP8 keyframe's header (RFC 6386 §9.1).
-pub fn vp8_dimensions(frame: &[u8]) -> Option<(u32, u32)> {
-    let is_key = frame.first()? & 0x01 == 0;
-    if !is_key || frame.get(3..6)? != [0x9d, 0x01, 0x2a] {
-        return None;
-    }
-    let w = u16::from_le_bytes([*frame.get(6)?, *frame.get(7)?]) & 0x3fff;
-    let h = u16::from_le_bytes([*frame.get(8)?, *frame.get(9)?]) & 0x3fff;
-    Some((u32::from(w), u32::from(h)))
 }

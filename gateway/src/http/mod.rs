@@ -4,6 +4,7 @@
 
 mod cors;
 mod pages;
+mod recordings;
 mod resources;
 
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use actix_web::{App, HttpServer, web};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
+use crate::recording::Recordings;
 use crate::signal::{Command, SignalError};
 
 /// Largest SDP body accepted. Real offers are a few KiB; anything near this
@@ -55,6 +57,7 @@ impl MediaHandle {
 pub struct AppState {
     pub config: Arc<Config>,
     pub media: MediaHandle,
+    pub recordings: Recordings,
 }
 
 /// Builds and binds the HTTP server; the caller awaits the returned server.
@@ -68,6 +71,7 @@ pub fn server(state: Arc<AppState>) -> std::io::Result<actix_web::dev::Server> {
             .wrap(actix_web::middleware::from_fn(cors::add_cors_headers))
             .configure(resources::routes)
             .configure(pages::routes)
+            .configure(recordings::routes)
     })
     .workers(2)
     .shutdown_timeout(5)

@@ -223,6 +223,37 @@ impl Stream {
         }
     }
 
+    /// Passes a publisher's sender report to the subscribers, for the layer
+    /// they receive.
+    pub fn sender_report(
+        &mut self,
+        track: usize,
+        layer: usize,
+        ssrc: u32,
+        ntp_time: u64,
+        rtp_time: u32,
+    ) {
+        let Some(t) = self.tracks.get(track) else {
+            return;
+        };
+        if t.active != layer || self.subscribers.is_empty() {
+            return;
+        }
+        self.subscribers.retain(|s| {
+            s.send(HubEvent::SenderReport {
+                track,
+                ssrc,
+                ntp_time,
+                rtp_time,
+            })
+        });
+    }
+
+    /// Whether anyone internal (a recording, a restream) is subscribed.
+    pub fn has_subscribers(&self) -> bool {
+        !self.subscribers.is_empty()
+    }
+
     /// Once a second, re-measures layer bitrates and moves each simulcast
     /// track towards its highest-bitrate layer (switching at a keyframe).
     pub fn review_layers(&mut self, now: Instant) {
@@ -271,13 +302,26 @@ impl Stream {
         true
     }
 
-    #[allow(
-        dead_code,
-        reason = "the recorder and RTMP/HLS sinks subscribe (issues 3, 5)"
-    )]
+    /// Adds an internal subscriber. One that joins a running stream gets
+    /// the cached GOP of each video track first, so it can start at once
+    /// instead of waiting for the publisher's next keyframe.
     pub fn subscribe(&mut self, sender: SubscriberSender) {
         if !self.tracks.is_empty() {
             sender.send(HubEvent::Tracks(self.descriptions()));
+        }
+        for (index, track) in self.tracks.iter().enumerate() {
+            let Some(layer) = track.layers.get(track.active) else {
+                continue;
+            };
+            if track.kind() != MediaKind::Video || !layer.gop.has_keyframe() {
+                continue;
+            }
+            for packet in layer.gop.packets() {
+                sender.send(HubEvent::Rtp {
+                    track: index,
+                    packet: packet.clone(),
+                });
+            }
         }
         self.subscribers.push(sender);
     }

@@ -1,10 +1,6 @@
 //! Internal subscribers of a stream (recorder, RTMP, HLS): each gets its own
 //! bounded queue so a slow one loses its own oldest packets and never stalls
 //! the media thread, the viewers or the other subscribers.
-#![allow(
-    dead_code,
-    reason = "the recorder and RTMP/HLS sinks consume this (issues 3, 5)"
-)]
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +17,15 @@ pub enum HubEvent {
     Tracks(Vec<TrackDescription>),
     /// One RTP packet of track `track` (index into the last `Tracks`).
     Rtp { track: usize, packet: Packet },
+    /// The publisher's RTCP sender report for track `track`: its NTP
+    /// wallclock (`ntp_time`, 32.32 fixed point) at RTP time `rtp_time`,
+    /// which puts all of its tracks on one timeline.
+    SenderReport {
+        track: usize,
+        ssrc: u32,
+        ntp_time: u64,
+        rtp_time: u32,
+    },
     /// The publisher left; nothing more will come.
     EndOfStream,
 }
@@ -95,10 +100,6 @@ impl SubscriberSender {
         }
         self.shared.notify.notify_one();
         true
-    }
-
-    pub fn dropped(&self) -> u64 {
-        self.shared.dropped.load(Ordering::Relaxed)
     }
 }
 

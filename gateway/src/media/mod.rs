@@ -23,10 +23,14 @@ use tracing::info;
 
 use crate::config::Config;
 use crate::http::MediaHandle;
+use crate::recording::Recordings;
 use crate::signal::Command;
 
 /// Starts the media thread; returns its command handle and the thread.
-pub fn start(config: Arc<Config>) -> anyhow::Result<(MediaHandle, JoinHandle<()>, SocketAddr)> {
+pub fn start(
+    config: Arc<Config>,
+    recordings: Recordings,
+) -> anyhow::Result<(MediaHandle, JoinHandle<()>, SocketAddr)> {
     let socket_addr = config.media_listen;
     let std_socket = udp::MediaSocket::bind_std(socket_addr)?;
     let bound = std_socket.local_addr()?;
@@ -62,7 +66,7 @@ pub fn start(config: Arc<Config>) -> anyhow::Result<(MediaHandle, JoinHandle<()>
                 }
             };
             runtime.block_on(async move {
-                match plane::Plane::new(config, std_socket, tcp_listener, candidates) {
+                match plane::Plane::new(config, recordings, std_socket, tcp_listener, candidates) {
                     Ok(plane) => plane.run(rx).await,
                     Err(err) => tracing::error!("media plane failed to start: {err}"),
                 }

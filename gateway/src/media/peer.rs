@@ -205,7 +205,11 @@ impl PeerFactory {
         }
         let registry = match role {
             Role::Publisher => register_default_interceptors(Registry::new(), &mut media_engine)
-                .map_err(internal)?,
+                .map_err(internal)?
+                .with(
+                    rtc::interceptor::Slot::from(super::rtcp_tap::SLOT),
+                    super::rtcp_tap::ApplicationRtcpTap::default(),
+                ),
             Role::Viewer => viewer_interceptors(&mut media_engine),
         };
         let setting_engine = SettingEngineBuilder::new()
@@ -403,7 +407,7 @@ fn viewer_interceptors(media_engine: &mut MediaEngine) -> Registry {
         .with(Slot::SenderReport, SenderReportBuilder::new().build())
         .with(
             Slot::from(super::rtcp_tap::SLOT),
-            super::rtcp_tap::KeyframeRequestTap::default(),
+            super::rtcp_tap::ApplicationRtcpTap::default(),
         )
 }
 

@@ -1,10 +1,12 @@
-//! Lets viewers' keyframe requests reach the application.
+//! Lets the RTCP we act on reach the application: viewers' keyframe
+//! requests and publishers' sender reports.
 //!
 //! `rtc`'s interceptor chain ends in a no-op that drops every inbound RTCP
 //! packet not marked for delivery, so without this a viewer's PLI or FIR
-//! would never be seen and never forwarded to the publisher. Sitting
+//! would never be forwarded to the publisher, and the recorder would never
+//! learn a publisher's NTP ↔ RTP mapping (its A/V sync). Sitting
 //! application-ward of the built-in interceptors, it marks compound packets
-//! that carry a keyframe request and passes everything else along as is.
+//! that carry one of those and passes everything else along as is.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -12,6 +14,7 @@ use std::time::Instant;
 use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::sender_report::SenderReport;
 use rtc::sansio::Protocol;
 
 /// The registry slot: above every built-in interceptor (reports, NACK,
@@ -19,12 +22,12 @@ use rtc::sansio::Protocol;
 pub const SLOT: usize = 14_000;
 
 #[derive(Default)]
-pub struct KeyframeRequestTap {
+pub struct ApplicationRtcpTap {
     reads: VecDeque<TaggedPacket>,
     writes: VecDeque<TaggedPacket>,
 }
 
-impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestTap {
+impl Protocol<TaggedPacket, TaggedPacket, ()> for ApplicationRtcpTap {
     type Rout = TaggedPacket;
     type Wout = TaggedPacket;
     type Eout = ();
@@ -33,11 +36,13 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestTap {
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
         if let Packet::Rtcp(packets) = &msg.message.packet {
-            let wants_keyframe = packets.iter().any(|p| {
+            let wanted = packets.iter().any(|p| {
                 let any = p.as_any();
-                any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
+                any.is::<PictureLossIndication>()
+                    || any.is::<FullIntraRequest>()
+                    || any.is::<SenderReport>()
             });
-            if wants_keyframe {
+            if wanted {
                 msg.message.add(Attribute::DeliverToApplication);
             }
         }
@@ -59,7 +64,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestTap {
     }
 }
 
-impl Interceptor for KeyframeRequestTap {
+impl Interceptor for ApplicationRtcpTap {
     fn bind_local_stream(&mut self, _: &StreamInfo) {}
     fn unbind_local_stream(&mut self, _: &StreamInfo) {}
     fn bind_remote_stream(&mut self, _: &StreamInfo) {}

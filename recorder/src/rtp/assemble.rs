@@ -26,8 +26,9 @@ pub struct Frame {
     /// RTP timestamp, unwrapped; in the track's clock rate.
     pub timestamp: i64,
     pub keyframe: bool,
-    /// H264: length-prefixed NAL units (AVC); VP8/VP9: the frame; AV1: OBUs
-    /// with size fields; Opus: one packet.
+    /// H264/H265: NAL units with 4-byte lengths (AVC/HEVC sample format,
+    /// parameter sets in-band); VP8/VP9: the frame; AV1: OBUs with size
+    /// fields; Opus: one packet.
     pub data: Bytes,
 }
 
@@ -59,7 +60,7 @@ pub struct FrameAssembler {
 
 impl FrameAssembler {
     pub fn new(codec: Codec) -> Result<Self, AssembleError> {
-        if matches!(codec, Codec::H265 | Codec::G711u | Codec::G711a) {
+        if matches!(codec, Codec::G711u | Codec::G711a) {
             return Err(AssembleError::Unsupported(codec));
         }
         Ok(Self {
@@ -185,8 +186,62 @@ fn depacketize(codec: Codec, payloads: &[Bytes]) -> Option<Bytes> {
         Codec::Vp9 => run(Vp9Packet::default(), payloads),
         Codec::Av1 => run(Av1Depacketizer::new(), payloads),
         Codec::Opus => run(OpusPacket, payloads),
-        Codec::H265 | Codec::G711u | Codec::G711a => None,
+        Codec::H265 => depacketize_h265(payloads),
+        Codec::G711u | Codec::G711a => None,
     }
+}
+
+/// RFC 7798 payloads of one access unit → NAL units with 4-byte lengths.
+/// `rtc`'s `H265Packet` parses but does not reassemble, so this is ours:
+/// single NAL unit packets, aggregation packets (48) and fragmentation
+/// units (49), without DONL fields (WebRTC never negotiates
+/// `sprop-max-don-diff`). PACI packets (50) are refused.
+fn depacketize_h265(payloads: &[Bytes]) -> Option<Bytes> {
+    fn push_nal(out: &mut BytesMut, nal: &[u8]) -> Option<()> {
+        if nal.len() < 2 {
+            return None;
+        }
+        out.extend_from_slice(&u32::try_from(nal.len()).ok()?.to_be_bytes());
+        out.extend_from_slice(nal);
+        Some(())
+    }
+    let mut out = BytesMut::new();
+    let mut fragment: Option<Vec<u8>> = None;
+    for payload in payloads {
+        let header = payload.get(..2)?;
+        match (header[0] >> 1) & 0x3f {
+            48 => {
+                let mut rest = &payload[2..];
+                while !rest.is_empty() {
+                    let size = usize::from(u16::from_be_bytes([*rest.first()?, *rest.get(1)?]));
+                    push_nal(&mut out, rest.get(2..2 + size)?)?;
+                    rest = &rest[2 + size..];
+                }
+            }
+            49 => {
+                let fu = *payload.get(2)?;
+                let data = &payload[3..];
+                if fu & 0x80 != 0 {
+                    // Start: rebuild the NAL header with the FU's type.
+                    let mut nal = vec![(header[0] & 0x81) | ((fu & 0x3f) << 1), header[1]];
+                    nal.extend_from_slice(data);
+                    fragment = Some(nal);
+                } else {
+                    fragment.as_mut()?.extend_from_slice(data);
+                }
+                if fu & 0x40 != 0 {
+                    push_nal(&mut out, &fragment.take()?)?;
+                }
+            }
+            50 => return None,
+            _ => push_nal(&mut out, payload)?,
+        }
+    }
+    // A fragmented NAL unit without its end is damaged.
+    if fragment.is_some() {
+        return None;
+    }
+    Some(out.freeze())
 }
 
 #[cfg(test)]
@@ -271,6 +326,83 @@ mod tests {
         let stamps: Vec<i64> = frames.iter().map(|f| f.timestamp).collect();
         assert_eq!(stamps, vec![0, 6000]);
         assert_eq!(frames[0].data.as_ref(), &[0x00, 1, 2, 3, 3, 3]);
+    }
+
+    #[test]
+    fn h265_aggregation_and_fragments() {
+        let mut a = FrameAssembler::new(Codec::H265).expect("supported");
+        let vps = [0x40, 0x01, 0xaa];
+        let sps = [0x42, 0x01, 0xbb];
+        let mut ap = vec![48 << 1, 1];
+        for nal in [&vps[..], &sps[..]] {
+            ap.extend_from_slice(&(nal.len() as u16).to_be_bytes());
+            ap.extend_from_slice(nal);
+        }
+        let frames = feed(
+            &mut a,
+            vec![
+                packet(1, 0, false, &ap),
+                packet(2, 0, false, &[0x44, 0x01, 0xcc]), // PPS, single
+                // IDR_W_RADL (19) in two fragments.
+                packet(3, 0, false, &[49 << 1, 1, 0x80 | 19, 1, 2]),
+                packet(4, 0, true, &[49 << 1, 1, 0x40 | 19, 3]),
+            ],
+        );
+        assert_eq!(frames.len(), 1);
+        assert!(frames[0].keyframe);
+        assert_eq!(
+            frames[0].data.as_ref(),
+            &[
+                0,
+                0,
+                0,
+                3,
+                0x40,
+                0x01,
+                0xaa,
+                0,
+                0,
+                0,
+                3,
+                0x42,
+                0x01,
+                0xbb,
+                0,
+                0,
+                0,
+                3,
+                0x44,
+                0x01,
+                0xcc,
+                0,
+                0,
+                0,
+                5,
+                19 << 1,
+                1,
+                1,
+                2,
+                3
+            ]
+        );
+        // A fragment without its end is malformed.
+        let bad = feed(
+            &mut a,
+            vec![packet(5, 3000, true, &[49 << 1, 1, 0x80 | 1, 1])],
+        );
+        assert!(bad.is_empty());
+        assert_eq!(a.malformed_frames, 1);
+        // Truncated or refused payloads never panic.
+        for payload in [
+            &[48 << 1, 1, 0, 9, 1][..],
+            &[48 << 1, 1, 0][..],
+            &[49 << 1, 1][..],
+            &[49 << 1, 1, 0x01, 1][..],
+            &[50 << 1, 1, 0, 0][..],
+            &[0x02][..],
+        ] {
+            assert_eq!(depacketize_h265(&[Bytes::copy_from_slice(payload)]), None);
+        }
     }
 
     #[test]

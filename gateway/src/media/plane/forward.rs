@@ -154,6 +154,7 @@ impl Plane {
         match message {
             RTCMessage::RtpPacket(_, packet) => self.on_rtp(key, packet, now),
             RTCMessage::RtcpPacket(track_id, packets) => {
+                self.on_sender_reports(key, &packets);
                 let wants_keyframe = packets.iter().any(|p| {
                     let any = p.as_any();
                     any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
@@ -164,6 +165,28 @@ impl Plane {
             }
             RTCMessage::DataChannelMessage(_, message) => self.relay_data(key, message, now),
             _ => {}
+        }
+    }
+
+    /// A publisher's sender reports go to the stream's subscribers (the
+    /// recorder's A/V sync).
+    fn on_sender_reports(&mut self, key: PeerKey, packets: &[Box<dyn rtc::rtcp::Packet>]) {
+        let Some(peer) = self.peers.get(&key) else {
+            return;
+        };
+        let RoleState::Publisher { routes, .. } = &peer.role_state else {
+            return;
+        };
+        let Some(stream) = self.hub.get_mut(&peer.stream) else {
+            return;
+        };
+        for packet in packets {
+            let Some(sr) = packet.as_any().downcast_ref::<SenderReport>() else {
+                continue;
+            };
+            if let Some(&(track, layer)) = routes.get(&sr.ssrc) {
+                stream.sender_report(track, layer, sr.ssrc, sr.ntp_time, sr.rtp_time);
+            }
         }
     }
 

@@ -19,6 +19,7 @@ use rtc::peer_connection::state::{RTCIceConnectionState, RTCPeerConnectionState}
 use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtp::Packet;
 use rtc::sansio::Protocol;
 use tokio::sync::mpsc;
@@ -33,6 +34,7 @@ use super::udp::{self, MediaSocket};
 use crate::config::Config;
 use crate::hub::subscriber::TrackDescription;
 use crate::hub::{Hub, PeerKey};
+use crate::recording::Recordings;
 use crate::sdpfrag::SdpFragment;
 use crate::signal::{
     Answer, ClientInfo, Command, PatchOutcome, PatchRequest, Role, SessionId, SignalError,
@@ -70,6 +72,7 @@ struct PendingViewer {
 
 pub struct Plane {
     config: Arc<Config>,
+    recordings: Recordings,
     egress: Egress,
     /// ICE-TCP connection events, taken by `run`.
     tcp_events: Option<mpsc::Receiver<TcpEvent>>,
@@ -100,6 +103,7 @@ struct PlaneStats {
 impl Plane {
     pub fn new(
         config: Arc<Config>,
+        recordings: Recordings,
         std_socket: std::net::UdpSocket,
         tcp_listener: Option<std::net::TcpListener>,
         candidates: Vec<SocketAddr>,
@@ -118,6 +122,7 @@ impl Plane {
         let ice_tcp = tcp_events.is_some();
         Ok(Self {
             config,
+            recordings,
             egress: Egress::new(socket),
             tcp_events,
             factory: PeerFactory::new(candidates, ice_tcp)?,

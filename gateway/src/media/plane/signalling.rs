@@ -38,6 +38,10 @@ impl Plane {
                 let result = self.patch(role, &stream, &session, request, now);
                 let _ = reply.send(result);
             }
+            Command::StartRecording { stream, reply } => {
+                let result = self.start_recording(&stream);
+                let _ = reply.send(result);
+            }
             Command::Delete {
                 role,
                 stream,
@@ -127,10 +131,17 @@ impl Plane {
             etag: peer.etag.clone(),
         };
         let stream = self.hub.entry(&stream_name, now);
+        let new_stream = stream.publisher.is_none() && !stream.has_subscribers();
         stream.publisher = Some(key);
         stream.expected_tracks = tracks;
         stream.last_media = now;
         stream.begin_publisher();
+        if new_stream
+            && self.recordings.wants(&stream_name)
+            && let Some(subscription) = self.recordings.start(stream_name.clone())
+        {
+            stream.subscribe(subscription);
+        }
         self.insert_peer(peer);
         Ok(answer)
     }
@@ -395,7 +406,22 @@ impl Plane {
             etag,
         })
     }
+    /// Starts recording a live stream on request (API, admin panel).
+    fn start_recording(&mut self, stream_name: &StreamName) -> Result<(), SignalError> {
+        let Some(stream) = self
+            .hub
+            .get_mut(stream_name)
+            .filter(|s| s.publisher.is_some())
+        else {
+            return Err(SignalError::StreamNotLive);
+        };
+        if let Some(subscription) = self.recordings.start(stream_name.clone()) {
+            stream.subscribe(subscription);
+        }
+        Ok(())
+    }
 }
+
 /// The first `a=name:value` in an SDP (session or media level).
 fn sdp_attribute(sdp: &str, name: &str) -> Option<String> {
     let prefix = format!("a={name}:");

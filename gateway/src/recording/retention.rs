@@ -1,0 +1,129 @@
+//! Start-up recovery and retention.
+
+use std::time::{Duration, SystemTime};
+
+use recorder::catalog::{Catalog, Container, Finished, Recording, RecordingState};
+use tracing::{info, warn};
+
+use super::naming;
+
+/// Rows left `recording` by a crash: the file is checked and repaired
+/// (an MP4 loses its incomplete last fragment; a WebM file is readable up
+/// to its last cluster as it is), and the row is marked `recovered`, or
+/// `failed` if nothing usable is left.
+pub fn recover(catalog: &Catalog) {
+    let stale = match catalog.in_state(RecordingState::Recording) {
+        Ok(rows) => rows,
+        Err(err) => {
+            warn!("cannot read the catalog for recovery: {err}");
+            return;
+        }
+    };
+    for row in stale {
+        let finished = match repair(&row) {
+            Ok((duration_ms, size)) => Finished {
+                state: RecordingState::Recovered,
+                ended_at_ms: row.started_at_ms + duration_ms as i64,
+                duration_ms,
+                size_bytes: size,
+                dropped_frames: row.dropped_frames,
+                error: None,
+            },
+            Err(why) => Finished {
+                state: RecordingState::Failed,
+                ended_at_ms: row.started_at_ms + row.duration_ms.unwrap_or(0) as i64,
+                duration_ms: row.duration_ms.unwrap_or(0),
+                size_bytes: std::fs::metadata(&row.path).map(|m| m.len()).unwrap_or(0),
+                dropped_frames: row.dropped_frames,
+                error: Some(why),
+            },
+        };
+        info!(
+            id = row.id,
+            file = %row.path.display(),
+            state = finished.state.as_str(),
+            duration_ms = finished.duration_ms,
+            "recording left open by a crash: {}",
+            finished.error.as_deref().unwrap_or("recovered")
+        );
+        if let Err(err) = catalog.finish(row.id, &finished) {
+            warn!(id = row.id, "catalog update failed: {err}");
+        }
+    }
+}
+
+/// Returns the media duration (ms) and size of the repaired file.
+fn repair(row: &Recording) -> Result<(u64, u64), String> {
+    let size = std::fs::metadata(&row.path)
+        .map_err(|e| format!("file unreadable: {e}"))?
+        .len();
+    match row.container {
+        Container::Mp4 => {
+            let summary = recorder::mp4::recover(&row.path).map_err(|e| e.to_string())?;
+            Ok((summary.duration.as_millis() as u64, summary.bytes))
+        }
+        // libwebm wrote clusters as they closed, with an "unknown" segment
+        // size: players read such a file up to its last whole cluster. The
+        // duration is the last one the session reported.
+        Container::Webm => {
+            if size == 0 {
+                return Err("file is empty".into());
+            }
+            Ok((row.duration_ms.unwrap_or(0), size))
+        }
+    }
+}
+
+pub struct Limits {
+    pub max_age: Option<Duration>,
+    pub max_total_bytes: Option<u64>,
+}
+
+/// Deletes finished recordings, oldest first, until both limits hold;
+/// returns how many went.
+pub fn enforce(catalog: &Catalog, limits: &Limits) -> usize {
+    let rows = match catalog.finished_oldest_first() {
+        Ok(rows) => rows,
+        Err(err) => {
+            warn!("retention: cannot read the catalog: {err}");
+            return 0;
+        }
+    };
+    let now_ms = naming::unix_ms(SystemTime::now());
+    let mut total: u64 = rows.iter().map(|r| r.size_bytes).sum();
+    let mut deleted = 0;
+    for row in rows {
+        let too_old = limits
+            .max_age
+            .is_some_and(|age| now_ms - row.started_at_ms > age.as_millis() as i64);
+        let too_big = limits.max_total_bytes.is_some_and(|max| total > max);
+        if !(too_old || too_big) {
+            continue;
+        }
+        if let Err(err) = std::fs::remove_file(&row.path)
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            warn!(
+                id = row.id,
+                "retention: cannot delete {}: {err}",
+                row.path.display()
+            );
+            continue;
+        }
+        if let Err(err) = catalog.delete(row.id) {
+            warn!(id = row.id, "retention: catalog delete failed: {err}");
+            continue;
+        }
+        info!(
+            id = row.id,
+            stream = %row.stream,
+            file = %row.path.display(),
+            size = row.size_bytes,
+            reason = if too_old { "max age" } else { "max total size" },
+            "retention deleted a recording"
+        );
+        total = total.saturating_sub(row.size_bytes);
+        deleted += 1;
+    }
+    deleted
+}

@@ -1,0 +1,688 @@
+//! One stream's recording: hub events in, files out.
+//!
+//! Packets of each track go through a reorder buffer (late and
+//! retransmitted packets find their place; the publisher leg's NACK
+//! generator asks for the missing ones) and a frame assembler (never emits
+//! a broken frame: after a loss it drops to the next keyframe). Frames are
+//! placed on the stream's timeline by the publisher's sender reports,
+//! interleaved in time order, and written. A file opens at the first video
+//! keyframe, once every track's clock is known (or after a few seconds
+//! without sender reports, anchored on arrival times instead).
+//!
+//! A new file starts when the publisher's tracks change (takeover, new
+//! SSRC), at a segment boundary, and never in the middle of a GOP.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use recorder::catalog::{Catalog, Container, Finished, NewRecording, RecordingState};
+use recorder::codec::{Codec, MediaKind};
+use recorder::params::{AudioParams, VideoConfig};
+use recorder::rtp::{Frame, FrameAssembler, ReorderBuffer};
+use recorder::sync::{Interleaver, TrackClock};
+use rtc::rtp::Packet;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use super::naming;
+use super::policy::RecordFormat;
+use super::writer::Writer;
+use crate::hub::subscriber::{HubEvent, SubscriberReceiver, TrackDescription};
+use crate::stream_name::StreamName;
+
+/// How long a gap may wait for a retransmission before it is declared
+/// lost: a NACK round trip or two, and a recording can afford the delay.
+const REORDER_WAIT: Duration = Duration::from_millis(400);
+const REORDER_PACKETS: usize = 2048;
+/// Without sender reports from every track by then, time by arrival.
+const SENDER_REPORT_WAIT: Duration = Duration::from_secs(4);
+/// An audio-only stream opens its file after this long (video may still
+/// be on its way).
+const AUDIO_ONLY_WAIT: Duration = Duration::from_secs(1);
+/// Frames held while waiting for the first keyframe, at most.
+const PENDING_FRAMES: usize = 3000;
+/// A track that goes quiet holds the others back at most this long.
+const INTERLEAVE_HOLD_NS: i64 = 600_000_000;
+/// How often the catalog row's size and duration are brought up to date.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// What a recording session needs from its manager.
+#[derive(Clone)]
+pub struct SessionContext {
+    pub stream: StreamName,
+    pub dir: PathBuf,
+    pub format: RecordFormat,
+    /// New file after this much media (None: never).
+    pub segment: Option<Duration>,
+    /// New file after this many bytes (None: never).
+    pub segment_bytes: Option<u64>,
+    pub catalog: Arc<Mutex<Catalog>>,
+}
+
+/// Runs until the stream ends, `stop` turns true, or writing fails.
+pub async fn run(
+    context: SessionContext,
+    events: SubscriberReceiver,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut session = Session::new(context, Instant::now());
+    loop {
+        let now = Instant::now();
+        let wake = session.next_wake(now);
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(HubEvent::EndOfStream) | None => break,
+                Some(event) => session.on_event(event, Instant::now()),
+            },
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    break;
+                }
+            }
+            _ = tokio::time::sleep_until(wake.into()) => session.on_timer(Instant::now()),
+        }
+        session.queue_dropped = events.dropped();
+        if session.failed {
+            break;
+        }
+    }
+    session.finish_file(Instant::now(), "stream ended");
+}
+
+struct TrackPipe {
+    description: TrackDescription,
+    ssrc: Option<u32>,
+    reorder: ReorderBuffer,
+    assembler: Option<FrameAssembler>,
+    clock: TrackClock,
+}
+
+impl TrackPipe {
+    fn new(stream: &StreamName, description: TrackDescription) -> Self {
+        let assembler = match FrameAssembler::new(description.codec) {
+            Ok(a) => Some(a),
+            Err(err) => {
+                warn!(stream = %stream, "track not recorded: {err}");
+                None
+            }
+        };
+        Self {
+            clock: TrackClock::new(description.clock_rate),
+            description,
+            ssrc: None,
+            reorder: ReorderBuffer::new(REORDER_WAIT, REORDER_PACKETS),
+            assembler,
+        }
+    }
+
+    fn kind(&self) -> MediaKind {
+        self.description.codec.kind()
+    }
+
+    fn dropped_frames(&self) -> u64 {
+        self.assembler.as_ref().map_or(0, |a| a.dropped_frames)
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum ClockMode {
+    SenderReports,
+    Arrival,
+}
+
+/// The file being written.
+struct OpenFile {
+    id: i64,
+    path: PathBuf,
+    container: Container,
+    writer: Writer,
+    /// Timeline (ns) of the file's time zero.
+    origin_ns: i64,
+    /// Latest time written, relative to the file's start.
+    last_ns: i64,
+    /// Latest time written per track.
+    track_last_ns: Vec<Option<i64>>,
+    video_track: Option<usize>,
+    audio_track: Option<usize>,
+    video_size: Option<(u32, u32)>,
+    dropped_at_open: u64,
+    last_progress: Instant,
+}
+
+struct Session {
+    context: SessionContext,
+    epoch: Instant,
+    tracks: Vec<TrackPipe>,
+    mode: Option<ClockMode>,
+    /// Frames waiting for the file to open: (track, frame).
+    pending: Vec<(usize, Frame)>,
+    first_frame_at: Option<Instant>,
+    interleaver: Interleaver<Frame>,
+    file: Option<OpenFile>,
+    /// Packets the hub dropped because this session fell behind.
+    queue_dropped: u64,
+    failed: bool,
+    /// Whether an unusable keyframe was reported (once is enough).
+    warned_config: bool,
+}
+
+impl Session {
+    fn new(context: SessionContext, now: Instant) -> Self {
+        Self {
+            context,
+            epoch: now,
+            tracks: Vec::new(),
+            mode: None,
+            pending: Vec::new(),
+            first_frame_at: None,
+            interleaver: Interleaver::new(0, INTERLEAVE_HOLD_NS),
+            file: None,
+            queue_dropped: 0,
+            failed: false,
+            warned_config: false,
+        }
+    }
+
+    fn next_wake(&self, now: Instant) -> Instant {
+        let mut wake = now + Duration::from_millis(500);
+        for t in &self.tracks {
+            if let Some(d) = t.reorder.deadline() {
+                wake = wake.min(d);
+            }
+        }
+        wake.max(now)
+    }
+
+    fn on_event(&mut self, event: HubEvent, now: Instant) {
+        match event {
+            HubEvent::Tracks(descriptions) => self.on_tracks(descriptions, now),
+            HubEvent::Rtp { track, packet } => self.on_rtp(track, packet, now),
+            HubEvent::SenderReport {
+                track,
+                ssrc,
+                ntp_time,
+                rtp_time,
+            } => {
+                if let Some(pipe) = self.tracks.get_mut(track)
+                    && pipe.ssrc.is_none_or(|s| s == ssrc)
+                {
+                    pipe.clock.on_sender_report(rtp_time, ntp_time);
+                }
+            }
+            HubEvent::EndOfStream => {}
+        }
+    }
+
+    fn on_tracks(&mut self, descriptions: Vec<TrackDescription>, now: Instant) {
+        let mut changed = descriptions.len() != self.tracks.len();
+        for (index, description) in descriptions.into_iter().enumerate() {
+            match self.tracks.get_mut(index) {
+                Some(pipe) if pipe.description == description => {}
+                Some(pipe) => {
+                    *pipe = TrackPipe::new(&self.context.stream, description);
+                    changed = true;
+                }
+                None => self
+                    .tracks
+                    .push(TrackPipe::new(&self.context.stream, description)),
+            }
+        }
+        if changed && self.file.is_some() {
+            self.finish_file(now, "the publisher's tracks changed");
+        }
+    }
+
+    fn on_rtp(&mut self, track: usize, packet: Packet, now: Instant) {
+        let Some(pipe) = self.tracks.get_mut(track) else {
+            return;
+        };
+        if pipe.assembler.is_none() {
+            return;
+        }
+        let ssrc = packet.header.ssrc;
+        if pipe.ssrc.is_some_and(|s| s != ssrc) {
+            // A new publisher (or encoder restart): its clocks are new.
+            let description = pipe.description.clone();
+            *pipe = TrackPipe::new(&self.context.stream, description);
+            if self.file.is_some() {
+                self.finish_file(now, "the publisher's SSRC changed");
+            }
+        }
+        let pipe = &mut self.tracks[track];
+        pipe.ssrc = Some(ssrc);
+        pipe.reorder.push(packet, now);
+        self.drain_track(track, now);
+    }
+
+    fn on_timer(&mut self, now: Instant) {
+        for track in 0..self.tracks.len() {
+            self.drain_track(track, now);
+        }
+        if self.file.is_none() {
+            self.try_open(now);
+        }
+        self.progress(now);
+    }
+
+    fn drain_track(&mut self, track: usize, now: Instant) {
+        let mut frames = Vec::new();
+        {
+            let pipe = &mut self.tracks[track];
+            let Some(assembler) = pipe.assembler.as_mut() else {
+                return;
+            };
+            while let Some(released) = pipe.reorder.pop(now) {
+                frames.extend(assembler.push(released));
+            }
+            let arrival = now.saturating_duration_since(self.epoch).as_nanos() as i64;
+            for f in &frames {
+                pipe.clock.note_arrival(f.timestamp, arrival);
+            }
+        }
+        for frame in frames {
+            self.on_frame(track, frame, now);
+        }
+    }
+
+    fn on_frame(&mut self, track: usize, frame: Frame, now: Instant) {
+        if self.file.is_none() {
+            self.first_frame_at.get_or_insert(now);
+            if self.pending.len() >= PENDING_FRAMES {
+                self.pending.remove(0);
+            }
+            self.pending.push((track, frame));
+            self.try_open(now);
+            return;
+        }
+        let Some(time) = self.time_of(track, &frame) else {
+            return;
+        };
+        let Some(file) = self.file.as_ref() else {
+            return;
+        };
+        if Some(track) != file.video_track && Some(track) != file.audio_track {
+            return;
+        }
+        self.interleaver.push(track, time - file.origin_ns, frame);
+        self.pump(now);
+    }
+
+    fn time_of(&self, track: usize, frame: &Frame) -> Option<i64> {
+        let clock = &self.tracks.get(track)?.clock;
+        match self.mode? {
+            ClockMode::SenderReports => clock.sender_time_ns(frame.timestamp),
+            ClockMode::Arrival => clock.arrival_time_ns(frame.timestamp),
+        }
+    }
+
+    /// The tracks a file records: the first video and the first audio
+    /// track that can be recorded.
+    fn chosen_tracks(&self) -> (Option<usize>, Option<usize>) {
+        let pick = |kind: MediaKind| {
+            self.tracks
+                .iter()
+                .position(|t| t.kind() == kind && t.assembler.is_some())
+        };
+        (pick(MediaKind::Video), pick(MediaKind::Audio))
+    }
+
+    fn try_open(&mut self, now: Instant) {
+        let Some(first) = self.first_frame_at else {
+            return;
+        };
+        let waited = now.saturating_duration_since(first);
+        let (video, audio) = self.chosen_tracks();
+        let keyframe_at =
+            video.and_then(|v| self.pending.iter().position(|(t, f)| *t == v && f.keyframe));
+        let keyframe = keyframe_at.map(|i| self.pending[i].1.clone());
+        let video_config = keyframe.as_ref().and_then(VideoConfig::from_keyframe);
+        if let Some(index) = keyframe_at
+            && video_config.is_none()
+        {
+            // Nothing before the next keyframe can be recorded without it.
+            if !self.warned_config {
+                warn!(stream = %self.context.stream, "a keyframe does not describe the picture (no SPS, or unreadable); waiting for another");
+                self.warned_config = true;
+            }
+            self.pending.drain(..=index);
+            return;
+        }
+        match video {
+            Some(_) if keyframe.is_none() => return,
+            None if waited < AUDIO_ONLY_WAIT => return,
+            _ => {}
+        }
+        let chosen: Vec<usize> = video.into_iter().chain(audio).collect();
+        let reports = chosen
+            .iter()
+            .all(|&t| self.tracks[t].clock.has_sender_report());
+        if !reports && waited < SENDER_REPORT_WAIT {
+            return;
+        }
+        let mode = if reports {
+            ClockMode::SenderReports
+        } else {
+            warn!(stream = %self.context.stream, "no RTCP sender reports: timing the recording by arrival");
+            ClockMode::Arrival
+        };
+        self.mode = Some(mode);
+        let pending = std::mem::take(&mut self.pending);
+        let timed: Vec<(usize, i64, Frame)> = pending
+            .into_iter()
+            .filter_map(|(t, f)| Some((t, self.time_of(t, &f)?, f)))
+            .collect();
+        let origin = match (&keyframe, video) {
+            (Some(k), Some(v)) => self.time_of(v, k),
+            _ => timed.iter().map(|(_, time, _)| *time).min(),
+        };
+        let Some(origin) = origin else {
+            return;
+        };
+        if let Err(err) = self.open_file(video, audio, video_config.as_ref(), origin, now) {
+            error!(stream = %self.context.stream, "cannot start recording: {err}");
+            self.failed = true;
+            return;
+        }
+        self.interleaver = Interleaver::new(self.tracks.len(), INTERLEAVE_HOLD_NS);
+        let mut video_started = false;
+        for (track, time, frame) in timed {
+            // Video from the first keyframe on; audio from the same instant.
+            if Some(track) == video {
+                video_started |= frame.keyframe;
+                if !video_started {
+                    continue;
+                }
+            }
+            if time < origin || (Some(track) != video && Some(track) != audio) {
+                continue;
+            }
+            self.interleaver.push(track, time - origin, frame);
+        }
+        self.pump(now);
+    }
+
+    fn open_file(
+        &mut self,
+        video: Option<usize>,
+        audio: Option<usize>,
+        video_config: Option<&VideoConfig>,
+        origin_ns: i64,
+        now: Instant,
+    ) -> Result<(), String> {
+        let video_codec: Option<Codec> = video.map(|v| self.tracks[v].description.codec);
+        let container = self.context.format.container_for(video_codec);
+        let started = SystemTime::now();
+        let path = naming::new_file_path(
+            &self.context.dir,
+            self.context.stream.as_str(),
+            started,
+            container.extension(),
+        );
+        let audio_params = audio.map(|a| {
+            let d = &self.tracks[a].description;
+            AudioParams {
+                channels: u32::from(d.channels.max(1)),
+                sample_rate: d.clock_rate,
+            }
+        });
+        let writer = Writer::create(container, &path, video_config, audio_params)
+            .map_err(|e| e.to_string())?;
+        let new = NewRecording {
+            stream: self.context.stream.to_string(),
+            container,
+            path: path.clone(),
+            started_at_ms: naming::unix_ms(started),
+            video_codec: video_codec.map(|c| c.to_string()),
+            audio_codec: audio.map(|a| self.tracks[a].description.codec.to_string()),
+            width: video_config.map(|v| v.width),
+            height: video_config.map(|v| v.height),
+        };
+        let id = {
+            let catalog = self
+                .context
+                .catalog
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            catalog.insert(&new).map_err(|e| e.to_string())?
+        };
+        info!(stream = %self.context.stream, id, file = %path.display(), container = container.as_str(), mode = ?self.mode, "recording started");
+        self.file = Some(OpenFile {
+            id,
+            path,
+            container,
+            writer,
+            origin_ns,
+            last_ns: 0,
+            track_last_ns: vec![None; self.tracks.len()],
+            video_track: video,
+            audio_track: audio,
+            video_size: video_config.map(|v| (v.width, v.height)),
+            dropped_at_open: self.dropped_total(),
+            last_progress: now,
+        });
+        Ok(())
+    }
+
+    fn dropped_total(&self) -> u64 {
+        self.tracks
+            .iter()
+            .map(TrackPipe::dropped_frames)
+            .sum::<u64>()
+            + self.queue_dropped
+    }
+
+    /// Writes what the interleaver releases.
+    fn pump(&mut self, now: Instant) {
+        while let Some((track, time, frame)) = self.interleaver.pop() {
+            self.write(track, time, frame, now);
+            if self.failed || self.file.is_none() {
+                return;
+            }
+        }
+    }
+
+    fn write(&mut self, track: usize, time: i64, frame: Frame, now: Instant) {
+        let Some(file) = self.file.as_mut() else {
+            return;
+        };
+        let is_video = Some(track) == file.video_track;
+        let boundary = is_video && frame.keyframe || file.video_track.is_none();
+        let mut time = time;
+        if boundary
+            && self.segment_due(time)
+            && let Some(shift) = self.rotate(track, time, &frame, now)
+        {
+            time -= shift;
+        }
+        let Some(file) = self.file.as_mut() else {
+            return;
+        };
+        // Containers want time to move forward: never before the latest
+        // frame written (a sender-report update can move a track's mapping
+        // back by a few milliseconds), and each track's frames at least
+        // 1 ms apart (WebM's timescale).
+        let track_floor = file
+            .track_last_ns
+            .get(track)
+            .copied()
+            .flatten()
+            .map_or(0, |t| t + 1_000_000);
+        let time = time.max(file.last_ns).max(track_floor).max(0);
+        if let Err(err) = file.writer.write(&frame, time as u64) {
+            self.fail(&err.to_string(), now);
+            return;
+        }
+        file.last_ns = time;
+        if let Some(slot) = file.track_last_ns.get_mut(track) {
+            *slot = Some(time);
+        }
+        if is_video
+            && frame.keyframe
+            && let Some(config) = VideoConfig::from_keyframe(&frame)
+            && file.video_size != Some((config.width, config.height))
+        {
+            info!(stream = %self.context.stream, width = config.width, height = config.height, "resolution changed");
+            file.video_size = Some((config.width, config.height));
+        }
+        if now.saturating_duration_since(file.last_progress) >= PROGRESS_EVERY {
+            self.progress(now);
+        }
+    }
+
+    fn segment_due(&self, time: i64) -> bool {
+        let Some(file) = &self.file else {
+            return false;
+        };
+        let by_time = self
+            .context
+            .segment
+            .is_some_and(|s| time >= s.as_nanos() as i64);
+        let by_size = self
+            .context
+            .segment_bytes
+            .is_some_and(|limit| file_size(&file.path) >= limit);
+        by_time || by_size
+    }
+
+    /// Ends the current segment and opens the next at `time` (a keyframe,
+    /// or any audio frame of an audio-only stream); returns how far the
+    /// new file's time zero moved.
+    fn rotate(&mut self, track: usize, time: i64, frame: &Frame, now: Instant) -> Option<i64> {
+        let file = self.file.as_ref()?;
+        let (video, audio, origin) = (file.video_track, file.audio_track, file.origin_ns);
+        let config = if Some(track) == video {
+            VideoConfig::from_keyframe(frame)
+        } else {
+            None
+        };
+        if video.is_some() && config.is_none() {
+            return None; // keep writing into this file until a usable keyframe
+        }
+        // Frames still queued belong to the next segment too.
+        let queued = self.interleaver.drain();
+        let mode = self.mode;
+        self.close_file(now, RecordingState::Complete, None, "segment complete");
+        self.mode = mode;
+        if let Err(err) = self.open_file(video, audio, config.as_ref(), origin + time, now) {
+            error!(stream = %self.context.stream, "cannot start the next segment: {err}");
+            self.failed = true;
+            return None;
+        }
+        for (t, queued_time, f) in queued {
+            self.interleaver.push(t, queued_time - time, f);
+        }
+        Some(time)
+    }
+
+    fn progress(&mut self, now: Instant) {
+        let dropped = self.dropped_total();
+        let Some(file) = self.file.as_mut() else {
+            return;
+        };
+        file.last_progress = now;
+        let size = file_size(&file.path);
+        let catalog = self
+            .context
+            .catalog
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Err(err) = catalog.progress(
+            file.id,
+            size,
+            (file.last_ns / 1_000_000) as u64,
+            dropped - file.dropped_at_open,
+        ) {
+            warn!("catalog update failed: {err}");
+        }
+    }
+
+    fn fail(&mut self, why: &str, now: Instant) {
+        error!(stream = %self.context.stream, "recording failed: {why}");
+        self.close_file(
+            now,
+            RecordingState::Failed,
+            Some(why.to_owned()),
+            "write failed",
+        );
+        self.failed = true;
+    }
+
+    /// Flushes everything buffered into the file and closes it (the
+    /// session goes back to waiting for a keyframe).
+    fn finish_file(&mut self, now: Instant, why: &str) {
+        if self.file.is_some() && !self.failed {
+            for track in 0..self.tracks.len() {
+                self.drain_track(track, now + REORDER_WAIT);
+            }
+            for (track, time, frame) in self.interleaver.drain() {
+                self.write(track, time, frame, now);
+                if self.failed {
+                    return;
+                }
+            }
+        }
+        self.close_file(now, RecordingState::Complete, None, why);
+    }
+
+    fn close_file(
+        &mut self,
+        now: Instant,
+        state: RecordingState,
+        error: Option<String>,
+        why: &str,
+    ) {
+        let dropped = self.dropped_total();
+        self.mode = None;
+        self.pending.clear();
+        self.first_frame_at = None;
+        let Some(file) = self.file.take() else {
+            return;
+        };
+        let (state, error) = match (file.writer.finish(), state) {
+            (Ok(()), state) => (state, error),
+            (Err(err), RecordingState::Complete) => {
+                error!(stream = %self.context.stream, "finishing the recording failed: {err}");
+                (RecordingState::Failed, Some(err.to_string()))
+            }
+            (Err(_), state) => (state, error),
+        };
+        let size = file_size(&file.path);
+        let dropped_frames = dropped - file.dropped_at_open;
+        let duration_ms = (file.last_ns / 1_000_000).max(0) as u64;
+        let finished = Finished {
+            state,
+            ended_at_ms: naming::unix_ms(SystemTime::now()),
+            duration_ms,
+            size_bytes: size,
+            dropped_frames,
+            error,
+        };
+        {
+            let catalog = self
+                .context
+                .catalog
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Err(err) = catalog.finish(file.id, &finished) {
+                warn!("catalog update failed: {err}");
+            }
+        }
+        let _ = now;
+        info!(
+            stream = %self.context.stream,
+            id = file.id,
+            file = %file.path.display(),
+            container = file.container.as_str(),
+            state = state.as_str(),
+            duration_ms,
+            size,
+            dropped_frames,
+            "recording finished: {why}"
+        );
+    }
+}
+
+fn file_size(path: &std::path::Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
