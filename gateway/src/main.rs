@@ -22,6 +22,7 @@ use crate::config::{Cli, Config};
 use crate::signal::Command;
 
 fn main() -> anyhow::Result<()> {
+    ignore_file_size_signal();
     let cli = Cli::parse();
     let config = Config::load(&cli).context("loading configuration")?;
     tracing_subscriber::fmt()
@@ -96,5 +97,17 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// A write past the file-size limit (`ulimit -f`, quotas on some systems)
+/// raises SIGXFSZ, whose default action kills the process: every stream
+/// and every other recording would go down with one full file. Ignored,
+/// the write fails with EFBIG instead, and only that recording ends.
+fn ignore_file_size_signal() {
+    // SAFETY: installs SIG_IGN for one signal before any thread exists;
+    // no handler code runs.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
 }

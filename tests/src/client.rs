@@ -3,6 +3,7 @@
 //! 127.0.0.1, mDNS off, no STUN).
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,7 @@ use webrtc::rtp_transceiver::{
     RTCRtpTransceiverDirection as Dir, RTCRtpTransceiverInit, RtpSender,
 };
 
+use rand::{Rng, SeedableRng};
 use rtc::ice::{mdns::MulticastDnsMode, network_type::NetworkType};
 use rtc::interceptor::{
     Attribute, Interceptor, Packet as ChainPacket, Slot, StreamInfo, TaggedPacket,
@@ -30,12 +32,14 @@ use rtc::interceptor::{
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp;
+use rtc::rtp::packetizer::Payloader;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
     RtpCodecKind,
 };
 use rtc::sansio::Protocol;
 
+use crate::clip::{Clip, ClipSpec, Vp9Payloader};
 use crate::synth::{self, VideoCodec};
 
 // ---------------------------------------------------------------------------
@@ -105,6 +109,98 @@ impl Interceptor for KeyframeRequestsToApp {
     fn unbind_remote_stream(&mut self, _: &StreamInfo) {}
 }
 
+/// What the loss injector did.
+#[derive(Debug, Default)]
+pub struct LossStats {
+    /// RTP packets that reached the injector (originals and resends).
+    pub rtp_packets: AtomicU64,
+    /// Of those, resends answering NACKs.
+    pub retransmissions: AtomicU64,
+    /// RTP packets it dropped, of which `dropped_retransmissions` were
+    /// answers to NACKs.
+    pub dropped: AtomicU64,
+    pub dropped_retransmissions: AtomicU64,
+}
+
+impl LossStats {
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+    pub fn rtp_packets(&self) -> u64 {
+        self.rtp_packets.load(Ordering::Relaxed)
+    }
+    pub fn retransmissions(&self) -> u64 {
+        self.retransmissions.load(Ordering::Relaxed)
+    }
+}
+
+/// Drops a fraction of outgoing RTP packets on the wire: it sits below
+/// every other interceptor (closest to the network), so the NACK responder
+/// has already stored what it drops and can resend it. Seeded, so a test
+/// sees the same pattern every run. RTCP passes untouched.
+struct LossInjector {
+    rate: f64,
+    rng: rand::rngs::StdRng,
+    stats: Arc<LossStats>,
+    reads: VecDeque<TaggedPacket>,
+    writes: VecDeque<TaggedPacket>,
+}
+
+/// Below [`Slot::CongestionControl`] (1_000), the wire-most named slot.
+const LOSS_SLOT: usize = 100;
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for LossInjector {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+    fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.reads.push_back(msg);
+        Ok(())
+    }
+    fn poll_read(&mut self) -> Option<TaggedPacket> {
+        self.reads.pop_front()
+    }
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let ChainPacket::Rtp(_) = &msg.message.packet {
+            self.stats.rtp_packets.fetch_add(1, Ordering::Relaxed);
+            let resend = msg.message.has(&Attribute::Retransmission);
+            if resend {
+                self.stats.retransmissions.fetch_add(1, Ordering::Relaxed);
+            }
+            if self.rng.random::<f64>() < self.rate {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                if resend {
+                    self.stats
+                        .dropped_retransmissions
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                return Ok(());
+            }
+        }
+        self.writes.push_back(msg);
+        Ok(())
+    }
+    fn poll_write(&mut self) -> Option<TaggedPacket> {
+        self.writes.pop_front()
+    }
+}
+
+impl Interceptor for LossInjector {
+    fn bind_local_stream(&mut self, _: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _: &StreamInfo) {}
+}
+
+/// Outgoing RTP loss to simulate.
+#[derive(Clone, Copy, Debug)]
+pub struct Loss {
+    pub rate: f64,
+    pub seed: u64,
+}
+
 /// Which codecs the client's media engine offers.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum CodecSet {
@@ -122,6 +218,14 @@ struct Conn {
 }
 
 async fn new_conn(codecs: CodecSet, tcp_only: bool) -> Result<Conn> {
+    new_conn_with_loss(codecs, tcp_only, None).await
+}
+
+async fn new_conn_with_loss(
+    codecs: CodecSet,
+    tcp_only: bool,
+    loss: Option<(Loss, Arc<LossStats>)>,
+) -> Result<Conn> {
     let mut me = MediaEngine::default();
     match codecs {
         CodecSet::Default => me.register_default_codecs()?,
@@ -142,8 +246,20 @@ async fn new_conn(codecs: CodecSet, tcp_only: bool) -> Result<Conn> {
             )?;
         }
     }
-    let registry = register_default_interceptors(Registry::new(), &mut me)?
+    let mut registry = register_default_interceptors(Registry::new(), &mut me)?
         .with(Slot::from(14_000), KeyframeRequestsToApp::default());
+    if let Some((loss, stats)) = loss {
+        registry = registry.with(
+            Slot::from(LOSS_SLOT),
+            LossInjector {
+                rate: loss.rate,
+                rng: rand::rngs::StdRng::seed_from_u64(loss.seed),
+                stats,
+                reads: VecDeque::new(),
+                writes: VecDeque::new(),
+            },
+        );
+    }
     let se = SettingEngineBuilder::new()
         .with_multicast_dns_mode(MulticastDnsMode::Disabled)
         .with_network_types(vec![if tcp_only {
@@ -322,6 +438,13 @@ pub struct PublishOptions {
     pub data_channel: bool,
     /// Use ICE-TCP only, as a client whose network blocks UDP.
     pub tcp_only: bool,
+    /// Publish this real, decodable clip with [`Publisher::run_media`]. Its
+    /// codecs decide the tracks: `video` and `audio` above are then ignored.
+    pub media: Option<ClipSpec>,
+    /// Drop this fraction of outgoing RTP packets on the wire (after the
+    /// NACK responder stored them), with a seeded RNG; 0 for none.
+    pub loss: f64,
+    pub loss_seed: u64,
 }
 
 impl Default for PublishOptions {
@@ -334,9 +457,62 @@ impl Default for PublishOptions {
             simulcast: Vec::new(),
             data_channel: false,
             tcp_only: false,
+            media: None,
+            loss: 0.0,
+            loss_seed: 0x5eed,
         }
     }
 }
+
+impl PublishOptions {
+    /// Publishes the default clip (640x360 30 fps, Opus) in `codec`.
+    pub fn media(codec: VideoCodec) -> Self {
+        Self {
+            media: Some(ClipSpec::new(codec)),
+            ..Self::default()
+        }
+    }
+}
+
+/// What [`Publisher::run_media`] sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MediaSent {
+    pub video_frames: u64,
+    pub audio_packets: u64,
+    pub video_rtp_packets: u64,
+    pub audio_rtp_packets: u64,
+    /// How often the clip was started over (0 for less than one loop).
+    pub loops: u64,
+}
+
+/// One track's send state in [`Publisher::run_media`].
+struct Lane<'a> {
+    track: &'a TrackLocalStaticRTP,
+    ssrc: u32,
+    pt: u8,
+    clock_rate: u64,
+    frames: &'a [crate::clip::Frame],
+    payloader: Box<dyn Payloader>,
+    audio: bool,
+    seq: u16,
+    ts_base: u32,
+    /// Index of the next sample, counting across loops.
+    next: u64,
+    rtp_packets: u64,
+}
+
+impl Lane<'_> {
+    /// Media time of sample `n` (loops included).
+    fn media_time(&self, n: u64, loop_len: Duration) -> Duration {
+        let len = self.frames.len() as u64;
+        let loops = n / len;
+        loop_len * loops as u32 + self.frames[(n % len) as usize].pts
+    }
+}
+
+/// Room for the RTP header: payloads fit 1200-byte packets, as
+/// `TrackLocalStaticSample` makes them.
+const MEDIA_PAYLOAD_MTU: usize = 1200 - 12;
 
 pub struct Publisher {
     conn: Conn,
@@ -352,15 +528,21 @@ pub struct Publisher {
     /// Keyframe requests the gateway sent us.
     pub plis: Arc<Mutex<u32>>,
     chat: Option<(Arc<dyn DataChannel>, watch::Receiver<bool>)>,
+    /// The clip [`Publisher::run_media`] sends.
+    pub clip: Option<Arc<Clip>>,
+    /// What the loss injector did, when `loss` was set.
+    pub loss: Option<Arc<LossStats>>,
 }
 
 async fn pt_for(sender: &Arc<dyn RtpSender>, codec: &RTCRtpCodec) -> Result<u8> {
     let p = sender.get_parameters().await?;
     let same = |x: &RTCRtpCodec| x.mime_type.eq_ignore_ascii_case(&codec.mime_type);
-    p.rtp_parameters
-        .codecs
+    // Prefer the entry with our fmtp (VP9 profile 0 over profile 1).
+    let codecs = &p.rtp_parameters.codecs;
+    codecs
         .iter()
-        .find(|x| same(&x.rtp_codec))
+        .find(|x| same(&x.rtp_codec) && x.rtp_codec.sdp_fmtp_line == codec.sdp_fmtp_line)
+        .or_else(|| codecs.iter().find(|x| same(&x.rtp_codec)))
         .map(|x| x.payload_type)
         .ok_or_else(|| anyhow!("{} not negotiated", codec.mime_type))
 }
@@ -439,13 +621,32 @@ pub fn obs_shape(sdp: &str) -> String {
 }
 
 impl Publisher {
-    pub async fn connect(base: &str, stream: &str, options: PublishOptions) -> Result<Self> {
+    pub async fn connect(base: &str, stream: &str, mut options: PublishOptions) -> Result<Self> {
         let codecs = if options.obs_shape {
             CodecSet::ObsLike
         } else {
             CodecSet::Default
         };
-        let mut conn = new_conn(codecs, options.tcp_only).await?;
+        let clip = match options.media.clone() {
+            Some(spec) => {
+                options.video = spec.video;
+                options.audio = spec.audio;
+                let clip = tokio::task::spawn_blocking(move || Clip::ensure(&spec)).await??;
+                Some(Arc::new(clip))
+            }
+            None => None,
+        };
+        let loss = (options.loss > 0.0).then(|| {
+            (
+                Loss {
+                    rate: options.loss,
+                    seed: options.loss_seed,
+                },
+                Arc::new(LossStats::default()),
+            )
+        });
+        let loss_stats = loss.as_ref().map(|(_, stats)| stats.clone());
+        let mut conn = new_conn_with_loss(codecs, options.tcp_only, loss).await?;
         let mut video = None;
         let mut audio = None;
         if options.audio {
@@ -612,7 +813,140 @@ impl Publisher {
             audio,
             plis,
             chat,
+            clip,
+            loss: loss_stats,
         })
+    }
+
+    /// Publishes the clip from [`PublishOptions::media`] in real time for
+    /// `duration`, looping it with continuous RTP timestamps, through the
+    /// codecs' RTP payloaders. Video and audio run on one clock: each
+    /// sample leaves at `start + its media time`, and its RTP timestamp is
+    /// that media time, so the Sender Reports (which map the latest RTP
+    /// timestamp to the wall clock it was sent at) put both tracks on the
+    /// same NTP timeline.
+    pub async fn run_media(&self, duration: Duration) -> Result<MediaSent> {
+        let clip = self
+            .clip
+            .as_ref()
+            .context("connect with PublishOptions::media to send a clip")?;
+        let loop_len = clip.duration();
+        let mut lanes: Vec<Lane<'_>> = Vec::new();
+        if let Some((track, ssrc, pt, codec)) = &self.video
+            && !clip.video.is_empty()
+        {
+            let payloader: Box<dyn Payloader> = if *codec == VideoCodec::Vp9 {
+                Box::new(Vp9Payloader::new(
+                    clip.spec.width as u16,
+                    clip.spec.height as u16,
+                ))
+            } else {
+                codec.rtp_codec().payloader()?
+            };
+            lanes.push(Lane {
+                track,
+                ssrc: *ssrc,
+                pt: *pt,
+                clock_rate: 90_000,
+                frames: &clip.video,
+                payloader,
+                audio: false,
+                seq: rand::random(),
+                ts_base: rand::random(),
+                next: 0,
+                rtp_packets: 0,
+            });
+        }
+        if let Some((track, ssrc, pt)) = &self.audio
+            && !clip.audio.is_empty()
+        {
+            lanes.push(Lane {
+                track,
+                ssrc: *ssrc,
+                pt: *pt,
+                clock_rate: 48_000,
+                frames: &clip.audio,
+                payloader: synth::opus_codec().payloader()?,
+                audio: true,
+                seq: rand::random(),
+                ts_base: rand::random(),
+                next: 0,
+                rtp_packets: 0,
+            });
+        }
+        if lanes.is_empty() {
+            bail!("the clip has no track this publisher sends");
+        }
+        let start = tokio::time::Instant::now();
+        // Each pass sends one sample, and samples' media times grow, so
+        // this ends once every lane's next sample is past `duration`.
+        while let Some((lane, at)) = lanes
+            .iter_mut()
+            .map(|l| {
+                let at = l.media_time(l.next, loop_len);
+                (l, at)
+            })
+            .filter(|(_, at)| *at < duration)
+            .min_by_key(|(_, at)| *at)
+        {
+            tokio::time::sleep_until(start + at).await;
+            let frame = &lane.frames[(lane.next % lane.frames.len() as u64) as usize];
+            let ticks = (at.as_nanos() * u128::from(lane.clock_rate) / 1_000_000_000) as u64;
+            let timestamp = lane.ts_base.wrapping_add(ticks as u32);
+            let payloads = lane.payloader.payload(MEDIA_PAYLOAD_MTU, &frame.data)?;
+            let count = payloads.len();
+            for (i, payload) in payloads.into_iter().enumerate() {
+                let marker = if lane.audio {
+                    // RFC 3551: the first packet of a talkspurt.
+                    lane.next == 0
+                } else {
+                    i + 1 == count
+                };
+                let packet = rtp::Packet {
+                    header: rtp::header::Header {
+                        version: 2,
+                        marker,
+                        payload_type: lane.pt,
+                        sequence_number: lane.seq,
+                        timestamp,
+                        ssrc: lane.ssrc,
+                        ..Default::default()
+                    },
+                    payload,
+                };
+                lane.seq = lane.seq.wrapping_add(1);
+                lane.track.write_rtp(packet).await?;
+                lane.rtp_packets += 1;
+            }
+            lane.next += 1;
+        }
+        let mut sent = MediaSent::default();
+        for lane in &lanes {
+            let loops = lane.next.saturating_sub(1) / lane.frames.len() as u64;
+            sent.loops = sent.loops.max(loops);
+            if lane.audio {
+                sent.audio_packets = lane.next;
+                sent.audio_rtp_packets = lane.rtp_packets;
+            } else {
+                sent.video_frames = lane.next;
+                sent.video_rtp_packets = lane.rtp_packets;
+            }
+        }
+        Ok(sent)
+    }
+
+    /// Runs [`Publisher::run_media`] in a task.
+    pub fn spawn_run_media(
+        self: &Arc<Self>,
+        duration: Duration,
+    ) -> tokio::task::JoinHandle<Result<MediaSent>> {
+        let publisher = self.clone();
+        tokio::spawn(async move { publisher.run_media(duration).await })
+    }
+
+    /// RTP packets the loss injector dropped so far (0 without loss).
+    pub fn dropped_packets(&self) -> u64 {
+        self.loss.as_ref().map_or(0, |l| l.dropped())
     }
 
     /// Publishes synthetic media in real time for `duration`, with a
@@ -1028,6 +1362,12 @@ pub fn is_keyframe_start(codec: VideoCodec, payload: &[u8]) -> bool {
                 .is_some_and(|b| b & 0x10 != 0 && b & 0x07 == 0)
                 && payload.get(1).is_some_and(|b| b & 1 == 0)
         }
+        // Not predicted (P = 0) and the start of a frame (B = 1).
+        VideoCodec::Vp9 => payload
+            .first()
+            .is_some_and(|b| b & 0x40 == 0 && b & 0x08 != 0),
+        // N: the first packet of a coded video sequence.
+        VideoCodec::Av1 => payload.first().is_some_and(|b| b & 0x08 != 0),
     }
 }
 

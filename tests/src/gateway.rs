@@ -1,8 +1,9 @@
 //! Runs the real `whipcord` binary for a test, on free loopback ports with
 //! its own data directory, and stops it afterwards.
 
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -45,8 +46,12 @@ pub struct Gateway {
     child: Option<Child>,
     pub http: SocketAddr,
     pub media: SocketAddr,
+    media_bind: SocketAddr,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
+    options: GatewayOptions,
+    /// Remove `data_dir` on drop (it was made for this gateway).
+    owns_data_dir: bool,
 }
 
 /// Builder for extra flags.
@@ -72,27 +77,68 @@ impl Gateway {
     }
 
     pub async fn start_with(options: GatewayOptions) -> anyhow::Result<Self> {
-        let http = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()?));
-        let media_port = free_udp_port()?;
-        let media = SocketAddr::from(([127, 0, 0, 1], media_port));
-        let media_bind = SocketAddr::new(options.media_ip.unwrap_or(media.ip()), media_port);
         let data_dir = std::env::temp_dir().join(format!(
             "whipcord-test-{}-{}",
             std::process::id(),
             rand::random::<u32>()
         ));
-        std::fs::create_dir_all(&data_dir)?;
+        let mut gateway = Self::start_in(&data_dir, options).await?;
+        gateway.owns_data_dir = true;
+        Ok(gateway)
+    }
+
+    /// Starts a gateway on an existing (or new) data directory, which it
+    /// leaves in place when dropped. Its log goes to `gateway.log` there,
+    /// appended to.
+    pub async fn start_in(data_dir: &Path, options: GatewayOptions) -> anyhow::Result<Self> {
+        let http = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()?));
+        let media_port = free_udp_port()?;
+        let media = SocketAddr::from(([127, 0, 0, 1], media_port));
+        let media_bind = SocketAddr::new(options.media_ip.unwrap_or(media.ip()), media_port);
+        std::fs::create_dir_all(data_dir)?;
         let log_path = data_dir.join("gateway.log");
-        let log = std::fs::File::create(&log_path)?;
+        let mut gateway = Self {
+            child: None,
+            http,
+            media,
+            media_bind,
+            data_dir: data_dir.to_owned(),
+            log_path,
+            options,
+            owns_data_dir: false,
+        };
+        gateway.spawn()?;
+        gateway.wait_ready().await?;
+        Ok(gateway)
+    }
+
+    /// Starts the binary again on the same ports, data directory and
+    /// options (after [`Gateway::kill9`] or [`Gateway::terminate`]).
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            bail!("gateway still running; kill9() or terminate() it first");
+        }
+        self.spawn()?;
+        self.wait_ready().await
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)?;
+        if log.metadata()?.len() > 0 {
+            writeln!(log, "---- whipcord-tests: gateway restarted ----")?;
+        }
         let mut command = Command::new(binary());
         command
             .arg("--http-listen")
-            .arg(http.to_string())
+            .arg(self.http.to_string())
             .arg("--media-listen")
-            .arg(media_bind.to_string())
+            .arg(self.media_bind.to_string())
             .arg("--data-dir")
-            .arg(&data_dir)
-            .args(&options.args)
+            .arg(&self.data_dir)
+            .args(&self.options.args)
             .env(
                 "WHIPCORD_LOG",
                 "info,whipcord=debug,rtc=warn,rtc_ice=warn,rtc_dtls=error,rtc_sctp=warn",
@@ -101,27 +147,29 @@ impl Gateway {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        for (k, v) in &options.env {
+        for (k, v) in &self.options.env {
             command.env(k, v);
         }
         let child = command
             .spawn()
             .with_context(|| format!("spawning {}", binary().display()))?;
-        let gateway = Self {
-            child: Some(child),
-            http,
-            media,
-            data_dir,
-            log_path,
-        };
-        gateway.wait_ready().await?;
-        Ok(gateway)
+        self.child = Some(child);
+        Ok(())
     }
 
-    async fn wait_ready(&self) -> anyhow::Result<()> {
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(15);
         let client = reqwest::Client::new();
         while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                self.child = None;
+                bail!(
+                    "gateway exited with {status} while starting; log:\n{}",
+                    self.log()
+                );
+            }
             if let Ok(res) = client.get(self.url("/healthz")).send().await
                 && res.status().is_success()
             {
@@ -136,8 +184,36 @@ impl Gateway {
         format!("http://{}{}", self.http, path)
     }
 
+    /// `http://127.0.0.1:PORT`, no trailing slash.
+    pub fn base_url(&self) -> String {
+        self.url("")
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// The gateway's log so far (every run of it, for a restarted one).
+    pub fn log_text(&self) -> String {
+        self.log()
+    }
+
+    /// Where recordings go: `{data_dir}/recordings`.
+    pub fn recordings_dir(&self) -> PathBuf {
+        self.data_dir.join("recordings")
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Sends SIGKILL (no chance to finish anything) and reaps the process.
+    pub fn kill9(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("already stopped")?;
+        child.kill().context("sending SIGKILL")?;
+        Ok(child.wait()?)
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -174,6 +250,8 @@ impl Drop for Gateway {
         if std::thread::panicking() {
             eprintln!("---- gateway log ----\n{}", self.log());
         }
-        let _ = std::fs::remove_dir_all(&self.data_dir);
+        if self.owns_data_dir {
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+        }
     }
 }

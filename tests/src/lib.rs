@@ -2,6 +2,8 @@
 //! binary, and talk to it with real WebRTC peers.
 
 pub mod client;
+pub mod clip;
 pub mod gateway;
 pub mod media_file;
+pub mod probe;
 pub mod synth;

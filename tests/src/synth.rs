@@ -1,12 +1,13 @@
 //! Synthetic RTP media with the structure real encoders produce: H264 with
 //! SPS/PPS in a STAP-A and FU-A-fragmented IDRs, VP8 with proper payload
-//! descriptors, 20 ms Opus packets. Good for forwarding tests, where what
+//! descriptors, VP9 and AV1 with the payload headers browsers send, 20 ms
+//! Opus packets. Good for forwarding tests, where what
 //! matters is packet structure and timing, not pixels.
 
 use std::time::Duration;
 
 use rtc::peer_connection::configuration::media_engine::{
-    MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8,
+    MIME_TYPE_AV1, MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8, MIME_TYPE_VP9,
 };
 use rtc::rtp;
 use rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
@@ -15,6 +16,8 @@ use rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
 pub enum VideoCodec {
     H264,
     Vp8,
+    Vp9,
+    Av1,
 }
 
 impl VideoCodec {
@@ -35,6 +38,30 @@ impl VideoCodec {
                 sdp_fmtp_line: String::new(),
                 rtcp_feedback: vec![],
             },
+            VideoCodec::Vp9 => RTCRtpCodec {
+                mime_type: MIME_TYPE_VP9.into(),
+                clock_rate: 90_000,
+                channels: 0,
+                sdp_fmtp_line: "profile-id=0".into(),
+                rtcp_feedback: vec![],
+            },
+            VideoCodec::Av1 => RTCRtpCodec {
+                mime_type: MIME_TYPE_AV1.into(),
+                clock_rate: 90_000,
+                channels: 0,
+                sdp_fmtp_line: "profile-id=0".into(),
+                rtcp_feedback: vec![],
+            },
+        }
+    }
+
+    /// Lower-case name, for file names and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            VideoCodec::H264 => "h264",
+            VideoCodec::Vp8 => "vp8",
+            VideoCodec::Vp9 => "vp9",
+            VideoCodec::Av1 => "av1",
         }
     }
 }
@@ -139,6 +166,54 @@ impl Source {
                     } else {
                         vec![0x00, 0x00]
                     };
+                    payload.resize(if key { FRAGMENT } else { 800 }, tag);
+                    out.push(self.next_video(ssrc, pt, ts, i == packets - 1, payload));
+                }
+            }
+            (VideoCodec::Vp9, key) => {
+                // RFC 9628 flexible mode: I, F, B/E; inter frames carry P
+                // and one reference (P_DIFF 1).
+                let packets = if key { 4 } else { 1 };
+                let pid = (self.frame & 0x7fff) as u16;
+                for i in 0..packets {
+                    let mut first = 0x90u8;
+                    if !key {
+                        first |= 0x40;
+                    }
+                    if i == 0 {
+                        first |= 0x08;
+                    }
+                    if i == packets - 1 {
+                        first |= 0x04;
+                    }
+                    let mut payload = vec![first, 0x80 | (pid >> 8) as u8, pid as u8];
+                    if !key {
+                        payload.push(0x02);
+                    }
+                    payload.resize(if key { FRAGMENT } else { 800 }, tag);
+                    out.push(self.next_video(ssrc, pt, ts, i == packets - 1, payload));
+                }
+            }
+            (VideoCodec::Av1, key) => {
+                // Aggregation header Z Y W W N: one OBU element per packet,
+                // fragments chained with Z/Y, N on a keyframe's first packet.
+                let packets = if key { 4 } else { 1 };
+                for i in 0..packets {
+                    let mut header = 0x10u8;
+                    if i > 0 {
+                        header |= 0x80;
+                    }
+                    if i < packets - 1 {
+                        header |= 0x40;
+                    }
+                    if key && i == 0 {
+                        header |= 0x08;
+                    }
+                    let mut payload = vec![header];
+                    if i == 0 {
+                        // OBU header: frame OBU (type 6), no size field.
+                        payload.push(6 << 3);
+                    }
                     payload.resize(if key { FRAGMENT } else { 800 }, tag);
                     out.push(self.next_video(ssrc, pt, ts, i == packets - 1, payload));
                 }

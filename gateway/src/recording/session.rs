@@ -647,9 +647,19 @@ impl Session {
             }
             (Err(_), state) => (state, error),
         };
+        let mut duration_ms = (file.last_ns / 1_000_000).max(0) as u64;
+        if state == RecordingState::Failed && file.container == Container::Mp4 {
+            // A write failed mid-fragment: cut the torn end off, so what was
+            // written before the failure still plays.
+            match recorder::mp4::recover(&file.path) {
+                Ok(summary) => duration_ms = summary.duration.as_millis() as u64,
+                Err(err) => {
+                    warn!(stream = %self.context.stream, "cannot repair the failed recording: {err}")
+                }
+            }
+        }
         let size = file_size(&file.path);
         let dropped_frames = dropped - file.dropped_at_open;
-        let duration_ms = (file.last_ns / 1_000_000).max(0) as u64;
         let finished = Finished {
             state,
             ended_at_ms: naming::unix_ms(SystemTime::now()),

@@ -183,7 +183,17 @@ fn depacketize(codec: Codec, payloads: &[Bytes]) -> Option<Bytes> {
             run(d, payloads)
         }
         Codec::Vp8 => run(Vp8Packet::default(), payloads),
-        Codec::Vp9 => run(Vp9Packet::default(), payloads),
+        // A fresh depacketizer per packet: `rtc`'s Vp9Packet keeps adding
+        // each packet's reference diffs to one list and never clears it, so
+        // an inter frame of three or more packets fails as "too many
+        // P-diffs" when one instance sees them all.
+        Codec::Vp9 => {
+            let mut data = BytesMut::new();
+            for payload in payloads {
+                data.extend_from_slice(&Vp9Packet::default().depacketize(payload).ok()?);
+            }
+            Some(data.freeze())
+        }
         Codec::Av1 => run(Av1Depacketizer::new(), payloads),
         Codec::Opus => run(OpusPacket, payloads),
         Codec::H265 => depacketize_h265(payloads),
