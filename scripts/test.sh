@@ -56,11 +56,15 @@ for _ in $(seq 1 100); do
   curl -sf http://127.0.0.1:18480/healthz >/dev/null 2>&1 && break
   sleep 0.1
 done
-# Every codec a browser can send passes through untouched.
+# Every codec a browser can send passes through untouched...
 for codec in H264 VP8 VP9 AV1; do
   WHIPCORD_URL=http://127.0.0.1:18480 ARTIFACTS_DIR=$ARTIFACTS/browser-$codec \
     WHIPCORD_STREAM=browser-$codec WHIPCORD_CODEC=$codec \
     timeout 120 node tests/browser/browser_e2e.mjs
+  # ...and is recorded: MP4 or WebM by codec, decoding cleanly.
+  WHIPCORD_URL=http://127.0.0.1:18480 ARTIFACTS_DIR=$ARTIFACTS/browser-$codec \
+    WHIPCORD_STREAM=browser-$codec WHIPCORD_CODEC=$codec \
+    timeout 120 node tests/browser/check_recording.mjs
 done
 kill $GW; wait $GW 2>/dev/null || true
 trap - EXIT

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 use serde::Deserialize;
 
-pub use crate::recording::policy::{RecordFormat, RecordPolicy};
+pub use crate::recording::policy::{ReconnectMode, RecordFormat, RecordPolicy};
 
 /// Command-line flags. Each flag can also be set through the environment
 /// variable named in its help text; unset flags fall back to the config file
@@ -111,6 +111,11 @@ pub struct Cli {
     #[arg(long, env = "WHIPCORD_RECORD_FORMAT")]
     pub record_format: Option<RecordFormat>,
 
+    /// When a new publisher takes over a recorded stream: `new-file` or
+    /// `continue` (same file, timeline carries on) [default: new-file].
+    #[arg(long, env = "WHIPCORD_RECORD_ON_RECONNECT")]
+    pub record_on_reconnect: Option<ReconnectMode>,
+
     /// Start a new recording file every this many seconds (0: never) [default: 0].
     #[arg(long, env = "WHIPCORD_RECORD_SEGMENT_SECS")]
     pub record_segment_secs: Option<u64>,
@@ -174,6 +179,7 @@ pub struct Config {
     pub log: String,
     pub record: RecordPolicy,
     pub record_format: RecordFormat,
+    pub record_on_reconnect: ReconnectMode,
     pub record_segment_secs: u64,
     pub record_segment_mb: u64,
     pub record_max_age_hours: u64,
@@ -201,6 +207,7 @@ impl Default for Config {
             log: DEFAULT_LOG.to_owned(),
             record: RecordPolicy::All,
             record_format: RecordFormat::Auto,
+            record_on_reconnect: ReconnectMode::NewFile,
             record_segment_secs: 0,
             record_segment_mb: 0,
             record_max_age_hours: 0,
@@ -310,6 +317,9 @@ impl Config {
         }
         if let Some(v) = cli.record_format {
             self.record_format = v;
+        }
+        if let Some(v) = cli.record_on_reconnect {
+            self.record_on_reconnect = v;
         }
         if let Some(v) = cli.record_segment_secs {
             self.record_segment_secs = v;

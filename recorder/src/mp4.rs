@@ -5,7 +5,7 @@
 //! the OS as soon as it closes: a `kill -9` loses at most the fragment being
 //! collected, and [`recover`] cuts a fragment a crash left half-written.
 //! Fragments start at a video keyframe once [`Mp4Options::fragment`] has
-//! passed (audio-only: by time), so the same fragments can serve HLS.
+//! passed, or at any frame after twice that (audio-only: by time).
 //!
 //! `shiguredo_mp4` builds the init segment from our sample entries. The
 //! fragments we encode ourselves from its box types, because its segment
@@ -42,10 +42,11 @@ const VIDEO_TIMESCALE: u32 = 90_000;
 /// Opus in MP4 is always timed at 48 kHz (Opus in ISOBMFF §4.3).
 const OPUS_TIMESCALE: u32 = 48_000;
 /// Without a keyframe, a video fragment is still closed after this many
-/// fragment lengths, so a publisher with very long GOPs cannot make a crash
-/// lose minutes. Such a fragment starts with a delta frame: fine for
-/// playback of the file, not for HLS.
-const MAX_FRAGMENT_FACTOR: u32 = 10;
+/// fragment lengths: browsers send a keyframe only every minute or two, and
+/// a crash must lose a second or two, not minutes. Such a fragment starts
+/// with a delta frame, which is fine for playing the file (HLS cuts its own
+/// segments).
+const MAX_FRAGMENT_FACTOR: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Mp4Error {

@@ -776,3 +776,237 @@ async fn loss_injector_drops_packets_on_the_wire() -> Result<()> {
     assert!(audio.lost() > 0, "audio (not NACKed) lost nothing");
     Ok(())
 }
+
+// ---------------------------------------------------------------------------
+// Disk trouble: a write that fails ends that recording only.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_failure_marks_the_recording_failed_and_viewers_carry_on() -> Result<()> {
+    let gw = Gateway::start().await?;
+    let pid = gw.pid().context("gateway pid")?;
+    // The gateway may write no file beyond 400 kB from now on: the
+    // recording (about 0.7 Mbit/s) hits the limit after about five
+    // seconds, as it would hit a full disk. The catalog and the log stay
+    // below it.
+    let limit = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), "--fsize=400000:400000"])
+        .status()
+        .context("running prlimit (util-linux)")?;
+    ensure!(limit.success(), "prlimit failed: {limit}");
+    let api = Api::new(&gw);
+    let p = publisher(&gw, "full", PublishOptions::media(VideoCodec::H264)).await?;
+    let runner = p.spawn_run_media(Duration::from_secs(10));
+    let viewer = Viewer::connect(&gw.base_url(), "full", WatchOptions::av()).await?;
+    viewer.wait_tracks(2, 20, Duration::from_secs(3)).await?;
+    let item = api
+        .wait_item("full", "failed", Duration::from_secs(12), |i| {
+            state(i) == "failed"
+        })
+        .await?;
+    let failed_at = Instant::now();
+    let error = item["error"].as_str().unwrap_or_default();
+    assert!(error.contains("os error 27"), "error not surfaced: {item}");
+    let before = viewer
+        .snapshot()
+        .iter()
+        .find(|t| t.kind == "video")
+        .map_or(0, |t| t.packets);
+    let sent = runner.await??;
+    assert!(
+        failed_at.elapsed() > Duration::from_secs(1),
+        "the recording failed too late to show that viewers carry on"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for t in viewer.snapshot() {
+        assert_eq!(
+            t.lost(),
+            0,
+            "{} lost packets after the write failure",
+            t.kind
+        );
+        if t.kind == "video" {
+            assert!(
+                t.packets > before,
+                "video stopped at the write failure ({before} packets)"
+            );
+            assert!(t.packets > sent.video_rtp_packets / 2, "{t:?}");
+        }
+    }
+    // What was written before the failure still plays.
+    let path = file_of(&gw, &item)?;
+    let errors = tokio::task::spawn_blocking({
+        let path = path.clone();
+        move || probe::decode_errors(&path)
+    })
+    .await??;
+    assert!(errors.is_empty(), "failed recording is torn:\n{errors}");
+    let info = tokio::task::spawn_blocking(move || probe::probe(&path)).await??;
+    // Fragments close at the keyframes (every 2 s); the failure came after
+    // at least two of them.
+    assert!(info.duration >= 1.5, "{info:?}");
+    let log = gw.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("ERROR") && l.contains("recording failed")),
+        "no error logged:\n{log}"
+    );
+    let reply = api.get("/api/recordings").await?;
+    assert_eq!(reply.status, 200);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Retention: beyond the total size, the oldest recordings go first.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_the_oldest_recordings_beyond_the_size_limit() -> Result<()> {
+    let gw = Gateway::start_with(
+        GatewayOptions::default()
+            .arg("--record-max-total-mb")
+            .arg("1"),
+    )
+    .await?;
+    let api = Api::new(&gw);
+    let mut files = Vec::new();
+    for stream in ["old", "new"] {
+        publish_for(&gw, stream, PublishOptions::media(VideoCodec::H264), 8).await?;
+        let item = api
+            .wait_item(stream, "complete", Duration::from_secs(5), |i| {
+                state(i) == "complete"
+            })
+            .await?;
+        let size = item["size_bytes"].as_u64().unwrap_or_default();
+        assert!(
+            (600_000..1_000_000).contains(&size),
+            "{stream} is the wrong size to test with: {item}"
+        );
+        files.push(file_of(&gw, &item)?);
+    }
+    // Two recordings of ~0.8 MB each exceed 1 MiB; one alone does not: the
+    // older one goes.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (items, total) = api.list("").await?;
+        if total == 1 {
+            assert_eq!(items[0]["stream"], "new", "{items:?}");
+            break;
+        }
+        ensure!(Instant::now() < deadline, "retention kept {items:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!files[0].exists(), "{} still on disk", files[0].display());
+    assert!(files[1].exists(), "{} was deleted", files[1].display());
+    let log = gw.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("retention deleted a recording") && l.contains("old-")),
+        "deletion not logged:\n{log}"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Segmentation: new files at keyframes once a segment is long enough.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segments_split_at_keyframes_and_add_up() -> Result<()> {
+    let gw = Gateway::start_with(
+        GatewayOptions::default()
+            .arg("--record-segment-secs")
+            .arg("3"),
+    )
+    .await?;
+    let api = Api::new(&gw);
+    // A keyframe every 2 s: segments close at the first keyframe after 3 s.
+    publish_for(&gw, "seg", PublishOptions::media(VideoCodec::H264), 10).await?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let items = loop {
+        let (items, _) = api.list("?stream=seg").await?;
+        if items.len() >= 3 && items.iter().all(|i| state(i) == "complete") {
+            break items;
+        }
+        ensure!(Instant::now() < deadline, "segments: {items:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut total = 0.0;
+    let mut names = std::collections::HashSet::new();
+    for item in &items {
+        let path = file_of(&gw, item)?;
+        assert!(names.insert(path.clone()), "file used twice: {items:?}");
+        let errors = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || probe::decode_errors(&path)
+        })
+        .await??;
+        assert!(errors.is_empty(), "{}:\n{errors}", path.display());
+        let info = tokio::task::spawn_blocking(move || probe::probe(&path)).await??;
+        assert!(
+            (1.5..=4.5).contains(&info.duration),
+            "segment of {} s: {info:?}",
+            info.duration
+        );
+        total += info.duration;
+    }
+    assert_eq!(items.len(), 3, "{items:?}");
+    assert!((total - 10.0).abs() <= 0.5, "segments add up to {total} s");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// A new publisher taking over: a new file by default, one file with
+// `--record-on-reconnect continue`.
+
+async fn takeover_recordings(mode: Option<&str>) -> Result<(Gateway, Vec<Value>)> {
+    let mut options = GatewayOptions::default().arg("--publisher-takeover");
+    if let Some(mode) = mode {
+        options = options.arg("--record-on-reconnect").arg(mode);
+    }
+    let gw = Gateway::start_with(options).await?;
+    let api = Api::new(&gw);
+    let first = publisher(&gw, "relay", PublishOptions::media(VideoCodec::H264)).await?;
+    first.run_media(Duration::from_secs(4)).await?;
+    // The first publisher is still connected when the second arrives.
+    publish_for(&gw, "relay", PublishOptions::media(VideoCodec::H264), 4).await?;
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let want = if mode == Some("continue") { 1 } else { 2 };
+    loop {
+        let (items, _) = api.list("?stream=relay").await?;
+        if items.len() >= want && items.iter().all(|i| state(i) == "complete") {
+            for item in &items {
+                let path = file_of(&gw, item)?;
+                let errors =
+                    tokio::task::spawn_blocking(move || probe::decode_errors(&path)).await??;
+                assert!(errors.is_empty(), "{item}:\n{errors}");
+            }
+            return Ok((gw, items));
+        }
+        ensure!(Instant::now() < deadline, "recordings: {items:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_starts_a_new_file_by_default() -> Result<()> {
+    let (gw, items) = takeover_recordings(None).await?;
+    assert_eq!(items.len(), 2, "{items:?}");
+    for item in &items {
+        let path = file_of(&gw, item)?;
+        let info = tokio::task::spawn_blocking(move || probe::probe(&path)).await??;
+        assert!((3.0..=5.0).contains(&info.duration), "{info:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_continues_the_file_when_configured() -> Result<()> {
+    let (gw, items) = takeover_recordings(Some("continue")).await?;
+    assert_eq!(items.len(), 1, "{items:?}");
+    let path = file_of(&gw, &items[0])?;
+    let info = tokio::task::spawn_blocking(move || probe::probe(&path)).await??;
+    // Both publishers' four seconds, with the hand-over gap closed.
+    assert!((7.5..=8.6).contains(&info.duration), "{info:?}");
+    let want = 2 * 120 * 98 / 100;
+    assert!(info.video_frames >= want, "{info:?}");
+    Ok(())
+}

@@ -123,6 +123,7 @@ impl Recordings {
             segment_bytes: (config.record_segment_mb > 0)
                 .then(|| config.record_segment_mb * 1024 * 1024),
             catalog: self.inner.catalog.clone(),
+            on_reconnect: config.record_on_reconnect,
         };
         let this = self.clone();
         self.inner.running.send_modify(|n| *n += 1);

@@ -95,6 +95,17 @@ fn glob_match(pattern: &str, name: &str) -> bool {
     p[pi..].iter().all(|&c| c == '*')
 }
 
+/// What a recording does when a new publisher takes over its stream (an
+/// encoder reconnecting after a network drop, or `publisher_takeover`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReconnectMode {
+    /// Close the file and start a new one.
+    NewFile,
+    /// Keep writing into the same file, continuing its timeline.
+    Continue,
+}
+
 /// Container choice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]

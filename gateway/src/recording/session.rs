@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use super::naming;
-use super::policy::RecordFormat;
+use super::policy::{ReconnectMode, RecordFormat};
 use super::writer::Writer;
 use crate::hub::subscriber::{HubEvent, SubscriberReceiver, TrackDescription};
 use crate::stream_name::StreamName;
@@ -44,6 +44,11 @@ const AUDIO_ONLY_WAIT: Duration = Duration::from_secs(1);
 const PENDING_FRAMES: usize = 3000;
 /// A track that goes quiet holds the others back at most this long.
 const INTERLEAVE_HOLD_NS: i64 = 600_000_000;
+/// Tracks of one publisher change within this long share one time shift.
+const REBASE_GROUP: Duration = Duration::from_secs(2);
+/// The gap left between the old publisher's last frame and the new one's
+/// first in `continue` mode.
+const REBASE_GAP_NS: i64 = 40_000_000;
 /// How often the catalog row's size and duration are brought up to date.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
@@ -58,6 +63,7 @@ pub struct SessionContext {
     /// New file after this many bytes (None: never).
     pub segment_bytes: Option<u64>,
     pub catalog: Arc<Mutex<Catalog>>,
+    pub on_reconnect: ReconnectMode,
 }
 
 /// Runs until the stream ends, `stop` turns true, or writing fails.
@@ -165,6 +171,20 @@ struct Session {
     failed: bool,
     /// Whether an unusable keyframe was reported (once is enough).
     warned_config: bool,
+    /// Frames dropped by track pipelines since replaced.
+    retired_dropped: u64,
+    /// Per track, in `continue` mode after a publisher change.
+    rebase: Vec<Option<Rebase>>,
+    generation_offset: Option<i64>,
+    last_rebase: Option<Instant>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Rebase {
+    /// Waiting for the new publisher's first frame on this track.
+    Waiting,
+    /// Timed by arrival plus this offset (ns).
+    Anchored(i64),
 }
 
 impl Session {
@@ -181,6 +201,10 @@ impl Session {
             queue_dropped: 0,
             failed: false,
             warned_config: false,
+            retired_dropped: 0,
+            rebase: Vec::new(),
+            generation_offset: None,
+            last_rebase: None,
         }
     }
 
@@ -220,6 +244,7 @@ impl Session {
             match self.tracks.get_mut(index) {
                 Some(pipe) if pipe.description == description => {}
                 Some(pipe) => {
+                    self.retired_dropped += pipe.dropped_frames();
                     *pipe = TrackPipe::new(&self.context.stream, description);
                     changed = true;
                 }
@@ -244,9 +269,13 @@ impl Session {
         if pipe.ssrc.is_some_and(|s| s != ssrc) {
             // A new publisher (or encoder restart): its clocks are new.
             let description = pipe.description.clone();
+            self.retired_dropped += pipe.dropped_frames();
             *pipe = TrackPipe::new(&self.context.stream, description);
             if self.file.is_some() {
-                self.finish_file(now, "the publisher's SSRC changed");
+                match self.context.on_reconnect {
+                    ReconnectMode::NewFile => self.finish_file(now, "the publisher's SSRC changed"),
+                    ReconnectMode::Continue => self.begin_rebase(track, now),
+                }
             }
         }
         let pipe = &mut self.tracks[track];
@@ -285,6 +314,43 @@ impl Session {
         }
     }
 
+    /// `continue` mode: the file stays open across a publisher change. The
+    /// new publisher's tracks are timed by arrival, shifted so that they
+    /// carry on right after what was written last; tracks that change
+    /// within a couple of seconds of each other share one shift, so they
+    /// stay in sync with each other.
+    fn begin_rebase(&mut self, track: usize, now: Instant) {
+        let recent = self
+            .last_rebase
+            .is_some_and(|at| now.saturating_duration_since(at) < REBASE_GROUP);
+        if !recent {
+            self.generation_offset = None;
+        }
+        self.last_rebase = Some(now);
+        if self.rebase.len() < self.tracks.len() {
+            self.rebase.resize(self.tracks.len(), None);
+        }
+        self.rebase[track] = Some(Rebase::Waiting);
+        info!(stream = %self.context.stream, track, "publisher changed: continuing the recording");
+    }
+
+    /// Anchors a rebasing track at its first frame.
+    fn anchor(&mut self, track: usize, frame: &Frame) {
+        if self.rebase.get(track).copied().flatten() != Some(Rebase::Waiting) {
+            return;
+        }
+        let (Some(file), Some(arrival)) = (
+            self.file.as_ref(),
+            self.tracks[track].clock.arrival_time_ns(frame.timestamp),
+        ) else {
+            return;
+        };
+        let offset = *self
+            .generation_offset
+            .get_or_insert(file.origin_ns + file.last_ns + REBASE_GAP_NS - arrival);
+        self.rebase[track] = Some(Rebase::Anchored(offset));
+    }
+
     fn on_frame(&mut self, track: usize, frame: Frame, now: Instant) {
         if self.file.is_none() {
             self.first_frame_at.get_or_insert(now);
@@ -295,6 +361,7 @@ impl Session {
             self.try_open(now);
             return;
         }
+        self.anchor(track, &frame);
         let Some(time) = self.time_of(track, &frame) else {
             return;
         };
@@ -310,6 +377,9 @@ impl Session {
 
     fn time_of(&self, track: usize, frame: &Frame) -> Option<i64> {
         let clock = &self.tracks.get(track)?.clock;
+        if let Some(Rebase::Anchored(offset)) = self.rebase.get(track).copied().flatten() {
+            return Some(clock.arrival_time_ns(frame.timestamp)? + offset);
+        }
         match self.mode? {
             ClockMode::SenderReports => clock.sender_time_ns(frame.timestamp),
             ClockMode::Arrival => clock.arrival_time_ns(frame.timestamp),
@@ -465,10 +535,12 @@ impl Session {
     }
 
     fn dropped_total(&self) -> u64 {
-        self.tracks
-            .iter()
-            .map(TrackPipe::dropped_frames)
-            .sum::<u64>()
+        self.retired_dropped
+            + self
+                .tracks
+                .iter()
+                .map(TrackPipe::dropped_frames)
+                .sum::<u64>()
             + self.queue_dropped
     }
 
@@ -591,7 +663,7 @@ impl Session {
             file.id,
             size,
             (file.last_ns / 1_000_000) as u64,
-            dropped - file.dropped_at_open,
+            dropped.saturating_sub(file.dropped_at_open),
         ) {
             warn!("catalog update failed: {err}");
         }
@@ -636,6 +708,8 @@ impl Session {
         self.mode = None;
         self.pending.clear();
         self.first_frame_at = None;
+        self.rebase.clear();
+        self.generation_offset = None;
         let Some(file) = self.file.take() else {
             return;
         };
@@ -659,7 +733,7 @@ impl Session {
             }
         }
         let size = file_size(&file.path);
-        let dropped_frames = dropped - file.dropped_at_open;
+        let dropped_frames = dropped.saturating_sub(file.dropped_at_open);
         let finished = Finished {
             state,
             ended_at_ms: naming::unix_ms(SystemTime::now()),
