@@ -411,6 +411,14 @@ async fn recording_keeps_audio_and_video_in_sync_for_a_minute() -> Result<()> {
             state(i) == "complete"
         })
         .await?;
+    // The timeline came from the publisher's sender reports, not from
+    // arrival times (which would hide clock mapping mistakes).
+    let log = gw.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("recording started") && l.contains("SenderReports")),
+        "recording not timed by sender reports:\n{log}"
+    );
     let path = file_of(&gw, &item)?;
     let pairs = tokio::task::spawn_blocking(move || probe::av_offsets(&path)).await??;
     let offsets: Vec<(f64, f64)> = pairs.iter().map(|(f, b)| (*f, (b - f) * 1000.0)).collect();

@@ -127,3 +127,109 @@ pub fn enforce(catalog: &Catalog, limits: &Limits) -> usize {
     }
     deleted
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use recorder::catalog::NewRecording;
+
+    use super::*;
+
+    /// A finished recording of `size` bytes that started `age` ago, with a
+    /// real file behind it.
+    fn add(
+        catalog: &Catalog,
+        dir: &std::path::Path,
+        name: &str,
+        age: Duration,
+        size: u64,
+    ) -> (i64, PathBuf) {
+        let path = dir.join(format!("{name}.mp4"));
+        std::fs::write(&path, vec![0u8; size as usize]).unwrap();
+        let started = naming::unix_ms(SystemTime::now()) - age.as_millis() as i64;
+        let id = catalog
+            .insert(&NewRecording {
+                stream: name.into(),
+                container: Container::Mp4,
+                path: path.clone(),
+                started_at_ms: started,
+                video_codec: None,
+                audio_codec: None,
+                width: None,
+                height: None,
+            })
+            .unwrap();
+        catalog
+            .finish(
+                id,
+                &Finished {
+                    state: RecordingState::Complete,
+                    ended_at_ms: started + 1000,
+                    duration_ms: 1000,
+                    size_bytes: size,
+                    dropped_frames: 0,
+                    error: None,
+                },
+            )
+            .unwrap();
+        (id, path)
+    }
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("whipcord-retention-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn max_age_deletes_only_old_recordings() {
+        let dir = temp_dir("age");
+        let catalog = Catalog::in_memory().unwrap();
+        let hour = Duration::from_secs(3600);
+        let (old, old_path) = add(&catalog, &dir, "old", 30 * hour, 10);
+        let (young, young_path) = add(&catalog, &dir, "young", hour, 10);
+        let limits = Limits {
+            max_age: Some(24 * hour),
+            max_total_bytes: None,
+        };
+        assert_eq!(enforce(&catalog, &limits), 1);
+        assert!(catalog.get(old).unwrap().is_none() && !old_path.exists());
+        assert!(catalog.get(young).unwrap().is_some() && young_path.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn max_total_size_deletes_oldest_first() {
+        let dir = temp_dir("size");
+        let catalog = Catalog::in_memory().unwrap();
+        let min = Duration::from_secs(60);
+        let (a, _) = add(&catalog, &dir, "a", 3 * min, 400);
+        let (b, _) = add(&catalog, &dir, "b", 2 * min, 400);
+        let (c, _) = add(&catalog, &dir, "c", min, 400);
+        // A recording still being written is never a candidate.
+        let open = catalog
+            .insert(&NewRecording {
+                stream: "live".into(),
+                container: Container::Webm,
+                path: dir.join("live.webm"),
+                started_at_ms: 0,
+                video_codec: None,
+                audio_codec: None,
+                width: None,
+                height: None,
+            })
+            .unwrap();
+        let limits = Limits {
+            max_age: None,
+            max_total_bytes: Some(900),
+        };
+        assert_eq!(enforce(&catalog, &limits), 1);
+        assert!(catalog.get(a).unwrap().is_none());
+        assert!(catalog.get(b).unwrap().is_some() && catalog.get(c).unwrap().is_some());
+        assert!(catalog.get(open).unwrap().is_some());
+        assert_eq!(enforce(&catalog, &limits), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
