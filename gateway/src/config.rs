@@ -116,6 +116,11 @@ pub struct Cli {
     #[arg(long, env = "WHIPCORD_RECORD_ON_RECONNECT")]
     pub record_on_reconnect: Option<ReconnectMode>,
 
+    /// Rewrite each finished MP4 recording as a progressive ("faststart")
+    /// MP4 for editors that handle fragmented MP4 badly [default: false].
+    #[arg(long, env = "WHIPCORD_RECORD_FASTSTART", num_args = 0..=1, default_missing_value = "true")]
+    pub record_faststart: Option<bool>,
+
     /// Start a new recording file every this many seconds (0: never) [default: 0].
     #[arg(long, env = "WHIPCORD_RECORD_SEGMENT_SECS")]
     pub record_segment_secs: Option<u64>,
@@ -180,6 +185,7 @@ pub struct Config {
     pub record: RecordPolicy,
     pub record_format: RecordFormat,
     pub record_on_reconnect: ReconnectMode,
+    pub record_faststart: bool,
     pub record_segment_secs: u64,
     pub record_segment_mb: u64,
     pub record_max_age_hours: u64,
@@ -208,6 +214,7 @@ impl Default for Config {
             record: RecordPolicy::All,
             record_format: RecordFormat::Auto,
             record_on_reconnect: ReconnectMode::NewFile,
+            record_faststart: false,
             record_segment_secs: 0,
             record_segment_mb: 0,
             record_max_age_hours: 0,
@@ -320,6 +327,9 @@ impl Config {
         }
         if let Some(v) = cli.record_on_reconnect {
             self.record_on_reconnect = v;
+        }
+        if let Some(v) = cli.record_faststart {
+            self.record_faststart = v;
         }
         if let Some(v) = cli.record_segment_secs {
             self.record_segment_secs = v;

@@ -16,6 +16,9 @@
 //!
 //! A sample's duration is the distance to the next sample of its track, so
 //! each track holds one sample back until the next arrives.
+//!
+//! [`faststart`] rewrites a finished or recovered recording as a
+//! progressive MP4 (`moov` first) for tools that handle fragments badly.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -36,6 +39,10 @@ use shiguredo_mp4::{Decode, Encode, FixedPointNumber, SampleFlags, TrackKind, Ui
 use crate::codec::{Codec, MediaKind};
 use crate::params::{AudioParams, VideoConfig, VideoDetail, length_prefixed_nals};
 use crate::rtp::Frame;
+
+mod faststart;
+
+pub use faststart::faststart;
 
 /// The video track's timescale: the RTP clock of every video codec.
 const VIDEO_TIMESCALE: u32 = 90_000;

@@ -4,7 +4,8 @@
 //! as "unknown" until the end: a file cut off by a crash or `kill -9` is
 //! read by players up to its last complete cluster (tested with FFmpeg). A
 //! clean [`WebmRecording::finish`] seeks back to fill in the duration and
-//! appends cues, so the finished file is seekable.
+//! appends cues, so the finished file is seekable; [`recover`] does the
+//! same for a file whose recording never finished.
 
 use std::fs::File;
 use std::io::Write;
@@ -19,6 +20,11 @@ use crate::params::VideoDetail;
 pub use crate::params::{AudioParams, VideoConfig, vp8_dimensions};
 use crate::rtp::Frame;
 
+mod ebml;
+mod recover;
+
+pub use recover::{WebmSummary, recover};
+
 #[derive(Debug, thiserror::Error)]
 pub enum WebmError {
     #[error("cannot create {path}: {source}")]
@@ -32,6 +38,10 @@ pub enum WebmError {
     Mux { what: &'static str, detail: String },
     #[error("timestamps must not go backwards ({prev_ns} ns, then {next_ns} ns)")]
     NonMonotonic { prev_ns: u64, next_ns: u64 },
+    #[error("WebM file I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("not a recoverable WebM file: {0}")]
+    NotWebm(&'static str),
 }
 
 fn mux(what: &'static str) -> impl Fn(webm::mux::Error) -> WebmError {

@@ -442,10 +442,9 @@ async fn recording_keeps_audio_and_video_in_sync_for_a_minute() -> Result<()> {
 // ---------------------------------------------------------------------------
 // (f) A crash mid-recording leaves a playable, recovered file.
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn recording_survives_kill_9_and_is_recovered() -> Result<()> {
+async fn survives_kill_9(codec: VideoCodec, container: &str) -> Result<()> {
     let mut gw = Gateway::start().await?;
-    let p = publisher(&gw, "crash", PublishOptions::media(VideoCodec::H264)).await?;
+    let p = publisher(&gw, "crash", PublishOptions::media(codec)).await?;
     let runner = p.spawn_run_media(Duration::from_secs(20));
     let api = Api::new(&gw);
     api.wait_item("crash", "recording", Duration::from_secs(3), |i| {
@@ -463,6 +462,7 @@ async fn recording_survives_kill_9_and_is_recovered() -> Result<()> {
             state(i) == "recovered"
         })
         .await?;
+    assert_eq!(item["container"], container, "{item}");
     let path = file_of(&gw, &item)?;
     let errors = tokio::task::spawn_blocking({
         let path = path.clone();
@@ -470,10 +470,28 @@ async fn recording_survives_kill_9_and_is_recovered() -> Result<()> {
     })
     .await??;
     assert!(errors.is_empty(), "recovered file has errors:\n{errors}");
+    let size = std::fs::metadata(&path)?.len();
+    assert_eq!(item["size_bytes"], size, "{item}");
     let info = tokio::task::spawn_blocking(move || probe::probe(&path)).await??;
     assert!(info.duration >= 6.0, "recovered only {info:?}");
-    assert_eq!(info.video_codec.as_deref(), Some("h264"), "{info:?}");
+    assert_eq!(info.video_codec.as_deref(), Some(codec.name()), "{info:?}");
+    // The catalog's duration is the repaired file's.
+    let catalog_ms = item["duration_ms"].as_f64().context("duration_ms")?;
+    assert!(
+        (catalog_ms / 1000.0 - info.duration).abs() < 0.5,
+        "catalog says {catalog_ms} ms, the file {info:?}"
+    );
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recording_survives_kill_9_and_is_recovered() -> Result<()> {
+    survives_kill_9(VideoCodec::H264, "mp4").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webm_recording_survives_kill_9_and_is_recovered() -> Result<()> {
+    survives_kill_9(VideoCodec::Vp8, "webm").await
 }
 
 // ---------------------------------------------------------------------------
@@ -1016,5 +1034,60 @@ async fn takeover_continues_the_file_when_configured() -> Result<()> {
     assert!((7.5..=8.6).contains(&info.duration), "{info:?}");
     let want = 2 * 120 * 98 / 100;
     assert!(info.video_frames >= want, "{info:?}");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Optional progressive ("faststart") MP4.
+
+/// Top-level box types of an MP4 file, in order.
+fn top_level_boxes(data: &[u8]) -> Vec<String> {
+    let mut boxes = Vec::new();
+    let mut at = 0usize;
+    while at + 8 <= data.len() {
+        let size32 = u32::from_be_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]);
+        let kind = String::from_utf8_lossy(&data[at + 4..at + 8]).into_owned();
+        let size = match size32 {
+            1 if at + 16 <= data.len() => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&data[at + 8..at + 16]);
+                u64::from_be_bytes(b) as usize
+            }
+            0 => data.len() - at,
+            n => n as usize,
+        };
+        boxes.push(kind);
+        if size < 8 {
+            break;
+        }
+        at += size;
+    }
+    boxes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faststart_option_writes_progressive_mp4() -> Result<()> {
+    let gw = Gateway::start_with(GatewayOptions::default().arg("--record-faststart")).await?;
+    let api = Api::new(&gw);
+    let (_p, sent) = publish_for(&gw, "fast", PublishOptions::media(VideoCodec::H264), 10).await?;
+    let item = api
+        .wait_item("fast", "complete", Duration::from_secs(5), |i| {
+            state(i) == "complete"
+        })
+        .await?;
+    let info = check_recording(&gw, &item, "fast", VideoCodec::H264, "mp4", &sent, 10.0).await?;
+    let data = std::fs::read(file_of(&gw, &item)?)?;
+    let boxes = top_level_boxes(&data);
+    let moov = boxes.iter().position(|b| b == "moov");
+    let mdat = boxes.iter().position(|b| b == "mdat");
+    assert!(
+        moov.is_some() && mdat.is_some() && moov < mdat,
+        "not faststart: {boxes:?}"
+    );
+    assert!(
+        !boxes.iter().any(|b| b == "moof"),
+        "still fragmented: {boxes:?}"
+    );
+    assert!(info.video_frames > 0);
     Ok(())
 }

@@ -223,8 +223,9 @@ impl Stream {
         }
     }
 
-    /// Passes a publisher's sender report to the subscribers, for the layer
-    /// they receive.
+    /// Passes a publisher's sender report to the subscribers, for every
+    /// layer: a subscriber that follows a simulcast switch needs the new
+    /// layer's clock mapping before its first packet.
     pub fn sender_report(
         &mut self,
         track: usize,
@@ -236,7 +237,7 @@ impl Stream {
         let Some(t) = self.tracks.get(track) else {
             return;
         };
-        if t.active != layer || self.subscribers.is_empty() {
+        if t.layers.get(layer).is_none() || self.subscribers.is_empty() {
             return;
         }
         self.subscribers.retain(|s| {

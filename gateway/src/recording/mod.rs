@@ -124,6 +124,7 @@ impl Recordings {
                 .then(|| config.record_segment_mb * 1024 * 1024),
             catalog: self.inner.catalog.clone(),
             on_reconnect: config.record_on_reconnect,
+            faststart: config.record_faststart,
         };
         let this = self.clone();
         self.inner.running.send_modify(|n| *n += 1);

@@ -8,9 +8,9 @@ use tracing::{info, warn};
 use super::naming;
 
 /// Rows left `recording` by a crash: the file is checked and repaired
-/// (an MP4 loses its incomplete last fragment; a WebM file is readable up
-/// to its last cluster as it is), and the row is marked `recovered`, or
-/// `failed` if nothing usable is left.
+/// (an MP4 loses its incomplete last fragment; a WebM file is cut after its
+/// last whole block and gets its duration), and the row is marked
+/// `recovered`, or `failed` if nothing usable is left.
 pub fn recover(catalog: &Catalog) {
     let stale = match catalog.in_state(RecordingState::Recording) {
         Ok(rows) => rows,
@@ -62,14 +62,12 @@ fn repair(row: &Recording) -> Result<(u64, u64), String> {
             let summary = recorder::mp4::recover(&row.path).map_err(|e| e.to_string())?;
             Ok((summary.duration.as_millis() as u64, summary.bytes))
         }
-        // libwebm wrote clusters as they closed, with an "unknown" segment
-        // size: players read such a file up to its last whole cluster. The
-        // duration is the last one the session reported.
         Container::Webm => {
             if size == 0 {
                 return Err("file is empty".into());
             }
-            Ok((row.duration_ms.unwrap_or(0), size))
+            let summary = recorder::webm::recover(&row.path).map_err(|e| e.to_string())?;
+            Ok((summary.duration.as_millis() as u64, summary.bytes))
         }
     }
 }

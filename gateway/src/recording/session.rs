@@ -12,6 +12,7 @@
 //! A new file starts when the publisher's tracks change (takeover, new
 //! SSRC), at a segment boundary, and never in the middle of a GOP.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -51,6 +52,8 @@ const REBASE_GROUP: Duration = Duration::from_secs(2);
 const REBASE_GAP_NS: i64 = 40_000_000;
 /// How often the catalog row's size and duration are brought up to date.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+/// Sender reports remembered per track (simulcast has up to three layers).
+const MAX_REPORTED_SSRCS: usize = 8;
 
 /// What a recording session needs from its manager.
 #[derive(Clone)]
@@ -64,6 +67,8 @@ pub struct SessionContext {
     pub segment_bytes: Option<u64>,
     pub catalog: Arc<Mutex<Catalog>>,
     pub on_reconnect: ReconnectMode,
+    /// Rewrite finished MP4 files with the index first (progressive).
+    pub faststart: bool,
 }
 
 /// Runs until the stream ends, `stop` turns true, or writing fails.
@@ -102,6 +107,9 @@ struct TrackPipe {
     reorder: ReorderBuffer,
     assembler: Option<FrameAssembler>,
     clock: TrackClock,
+    /// The latest sender report of every SSRC seen on this track (the
+    /// simulcast layers of the current publisher): (RTP time, NTP time).
+    reports: HashMap<u32, (u32, u64)>,
 }
 
 impl TrackPipe {
@@ -119,7 +127,24 @@ impl TrackPipe {
             ssrc: None,
             reorder: ReorderBuffer::new(REORDER_WAIT, REORDER_PACKETS),
             assembler,
+            reports: HashMap::new(),
         }
+    }
+
+    /// The hub switched this track to another simulcast layer of the same
+    /// publisher (at a keyframe): new sequence numbers and RTP clock, the
+    /// same wallclock. Only what depends on the old SSRC starts over.
+    fn switch_layer(&mut self, ssrc: u32, report: (u32, u64)) {
+        self.ssrc = Some(ssrc);
+        self.reorder = ReorderBuffer::new(REORDER_WAIT, REORDER_PACKETS);
+        if let Some(assembler) = self.assembler.as_mut() {
+            let dropped = assembler.dropped_frames;
+            if let Ok(mut fresh) = FrameAssembler::new(self.description.codec) {
+                fresh.dropped_frames = dropped;
+                *assembler = fresh;
+            }
+        }
+        self.clock.on_sender_report(report.0, report.1);
     }
 
     fn kind(&self) -> MediaKind {
@@ -228,10 +253,15 @@ impl Session {
                 ntp_time,
                 rtp_time,
             } => {
-                if let Some(pipe) = self.tracks.get_mut(track)
-                    && pipe.ssrc.is_none_or(|s| s == ssrc)
-                {
-                    pipe.clock.on_sender_report(rtp_time, ntp_time);
+                if let Some(pipe) = self.tracks.get_mut(track) {
+                    if pipe.reports.len() >= MAX_REPORTED_SSRCS && !pipe.reports.contains_key(&ssrc)
+                    {
+                        pipe.reports.clear();
+                    }
+                    pipe.reports.insert(ssrc, (rtp_time, ntp_time));
+                    if pipe.ssrc.is_none_or(|s| s == ssrc) {
+                        pipe.clock.on_sender_report(rtp_time, ntp_time);
+                    }
                 }
             }
             HubEvent::EndOfStream => {}
@@ -266,7 +296,16 @@ impl Session {
             return;
         }
         let ssrc = packet.header.ssrc;
-        if pipe.ssrc.is_some_and(|s| s != ssrc) {
+        let layer_report = pipe.reports.get(&ssrc).copied();
+        if pipe.ssrc.is_some_and(|s| s != ssrc)
+            && self.mode == Some(ClockMode::SenderReports)
+            && let Some(report) = layer_report
+        {
+            // Known from its sender reports: another simulcast layer of the
+            // same publisher, on the same wallclock. The file goes on.
+            info!(stream = %self.context.stream, track, ssrc, "recording follows a simulcast layer switch");
+            pipe.switch_layer(ssrc, report);
+        } else if pipe.ssrc.is_some_and(|s| s != ssrc) {
             // A new publisher (or encoder restart): its clocks are new.
             let description = pipe.description.clone();
             self.retired_dropped += pipe.dropped_frames();
@@ -722,15 +761,25 @@ impl Session {
             (Err(_), state) => (state, error),
         };
         let mut duration_ms = (file.last_ns / 1_000_000).max(0) as u64;
-        if state == RecordingState::Failed && file.container == Container::Mp4 {
-            // A write failed mid-fragment: cut the torn end off, so what was
-            // written before the failure still plays.
-            match recorder::mp4::recover(&file.path) {
-                Ok(summary) => duration_ms = summary.duration.as_millis() as u64,
+        if state == RecordingState::Failed {
+            // A write failed mid-fragment or mid-cluster: cut the torn end
+            // off, so what was written before the failure still plays.
+            let repaired = match file.container {
+                Container::Mp4 => recorder::mp4::recover(&file.path)
+                    .map(|s| s.duration)
+                    .map_err(|e| e.to_string()),
+                Container::Webm => recorder::webm::recover(&file.path)
+                    .map(|s| s.duration)
+                    .map_err(|e| e.to_string()),
+            };
+            match repaired {
+                Ok(duration) => duration_ms = duration.as_millis() as u64,
                 Err(err) => {
                     warn!(stream = %self.context.stream, "cannot repair the failed recording: {err}")
                 }
             }
+        } else if file.container == Container::Mp4 && self.context.faststart {
+            make_faststart(&self.context.stream, &file.path);
         }
         let size = file_size(&file.path);
         let dropped_frames = dropped.saturating_sub(file.dropped_at_open);
@@ -764,6 +813,25 @@ impl Session {
             dropped_frames,
             "recording finished: {why}"
         );
+    }
+}
+
+/// Rewrites a finished fragmented MP4 as a progressive one with its index
+/// first, for editors and old players that handle fragments badly. Written
+/// beside the file and renamed over it, so the recording is never without
+/// a complete file; on failure the fragmented file stays.
+fn make_faststart(stream: &StreamName, path: &std::path::Path) {
+    let tmp = path.with_extension("faststart.tmp");
+    let convert = || {
+        recorder::mp4::faststart(path, &tmp).map_err(|e| e.to_string())?;
+        std::fs::rename(&tmp, path).map_err(|e| e.to_string())
+    };
+    // Rewriting a long recording takes a while: let the runtime move the
+    // other recordings' tasks off this worker meanwhile.
+    let result = tokio::task::block_in_place(convert);
+    if let Err(err) = result {
+        let _ = std::fs::remove_file(&tmp);
+        warn!(stream = %stream, file = %path.display(), "faststart copy failed, keeping the fragmented file: {err}");
     }
 }
 
