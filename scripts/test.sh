@@ -72,5 +72,10 @@ trap - EXIT
 step "load tool smoke test (5 viewers)"
 target/release/load --spawn --viewers 5 --duration 8
 
+# Only that it runs end to end and its recordings check out: speed is
+# measured by the full benchmark (BENCHMARKS.md), never by a timed test.
+step "recording benchmark smoke test (2 streams)"
+target/release/record_bench --streams 2 --seconds 3 --warmup 2 --target-pct 100
+
 step "done"
 echo "all test stages passed in ${SECONDS}s"

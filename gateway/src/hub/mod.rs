@@ -214,6 +214,7 @@ impl Stream {
                 s.send(HubEvent::Rtp {
                     track,
                     packet: packet.clone(),
+                    arrived: now,
                 })
             });
         }
@@ -306,7 +307,7 @@ impl Stream {
     /// Adds an internal subscriber. One that joins a running stream gets
     /// the cached GOP of each video track first, so it can start at once
     /// instead of waiting for the publisher's next keyframe.
-    pub fn subscribe(&mut self, sender: SubscriberSender) {
+    pub fn subscribe(&mut self, sender: SubscriberSender, now: Instant) {
         if !self.tracks.is_empty() {
             sender.send(HubEvent::Tracks(self.descriptions()));
         }
@@ -321,6 +322,7 @@ impl Stream {
                 sender.send(HubEvent::Rtp {
                     track: index,
                     packet: packet.clone(),
+                    arrived: now,
                 });
             }
         }

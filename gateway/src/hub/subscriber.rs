@@ -1,22 +1,30 @@
 //! Internal subscribers of a stream (recorder, RTMP, HLS): each gets its own
 //! bounded queue so a slow one loses its own oldest packets and never stalls
-//! the media thread, the viewers or the other subscribers.
+//! the media thread, the viewers or the other subscribers. Subscribers poll
+//! their queue on their own schedule (every few milliseconds): the media
+//! thread never wakes another thread per packet.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use recorder::codec::Codec;
 use rtc::rtp::Packet;
-use tokio::sync::Notify;
 
 /// What a subscriber receives.
 #[derive(Debug, Clone)]
 pub enum HubEvent {
     /// The stream's tracks, sent first and again whenever they change.
     Tracks(Vec<TrackDescription>),
-    /// One RTP packet of track `track` (index into the last `Tracks`).
-    Rtp { track: usize, packet: Packet },
+    /// One RTP packet of track `track` (index into the last `Tracks`),
+    /// received from the publisher at `arrived` (subscribers take their
+    /// queue in batches, so they cannot tell the time of arrival).
+    Rtp {
+        track: usize,
+        packet: Packet,
+        arrived: Instant,
+    },
     /// The publisher's RTCP sender report for track `track`: its NTP
     /// wallclock (`ntp_time`, 32.32 fixed point) at RTP time `rtp_time`,
     /// which puts all of its tracks on one timeline.
@@ -46,7 +54,6 @@ struct Queue {
 
 struct Shared {
     queue: Mutex<Queue>,
-    notify: Notify,
     capacity: usize,
     dropped: AtomicU64,
 }
@@ -68,7 +75,6 @@ pub fn channel(capacity: usize) -> (SubscriberSender, SubscriberReceiver) {
             events: VecDeque::with_capacity(capacity.min(1024)),
             closed: false,
         }),
-        notify: Notify::new(),
         capacity: capacity.max(1),
         dropped: AtomicU64::new(0),
     });
@@ -98,26 +104,18 @@ impl SubscriberSender {
             }
             queue.events.push_back(event);
         }
-        self.shared.notify.notify_one();
         true
     }
 }
 
 impl SubscriberReceiver {
-    /// Next event; `None` after the end of stream has been taken.
-    pub async fn recv(&self) -> Option<HubEvent> {
-        loop {
-            {
-                let mut queue = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(event) = queue.events.pop_front() {
-                    return Some(event);
-                }
-                if queue.closed {
-                    return None;
-                }
-            }
-            self.shared.notify.notified().await;
-        }
+    /// Moves every queued event into `out`; true once the end of stream
+    /// has been queued (so nothing more will come). Never waits: for
+    /// subscribers that poll on their own schedule.
+    pub fn drain(&self, out: &mut Vec<HubEvent>) -> bool {
+        let mut queue = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+        out.extend(queue.events.drain(..));
+        queue.closed
     }
 
     /// Packets this subscriber lost because it fell behind.
@@ -133,24 +131,44 @@ mod tests {
     fn rtp(seq: u16) -> HubEvent {
         let mut packet = Packet::default();
         packet.header.sequence_number = seq;
-        HubEvent::Rtp { track: 0, packet }
+        HubEvent::Rtp {
+            track: 0,
+            packet,
+            arrived: Instant::now(),
+        }
     }
 
-    #[tokio::test]
-    async fn slow_subscriber_drops_oldest_and_counts() {
+    #[test]
+    fn slow_subscriber_drops_oldest_and_counts() {
         let (tx, rx) = channel(4);
         for seq in 0..10 {
             assert!(tx.send(rtp(seq)));
         }
         tx.send(HubEvent::EndOfStream);
         assert_eq!(rx.dropped(), 7);
-        let mut seqs = Vec::new();
-        while let Some(event) = rx.recv().await {
-            if let HubEvent::Rtp { packet, .. } = event {
-                seqs.push(packet.header.sequence_number);
-            }
-        }
+        let mut events = Vec::new();
+        assert!(rx.drain(&mut events));
+        let seqs: Vec<u16> = events
+            .iter()
+            .filter_map(|e| match e {
+                HubEvent::Rtp { packet, .. } => Some(packet.header.sequence_number),
+                _ => None,
+            })
+            .collect();
         assert_eq!(seqs, vec![7, 8, 9]);
+    }
+
+    #[test]
+    fn drain_takes_everything_and_reports_the_end() {
+        let (tx, rx) = channel(8);
+        tx.send(rtp(1));
+        tx.send(rtp(2));
+        let mut out = Vec::new();
+        assert!(!rx.drain(&mut out));
+        assert_eq!(out.len(), 2);
+        tx.send(HubEvent::EndOfStream);
+        assert!(rx.drain(&mut out));
+        assert_eq!(out.len(), 3);
     }
 
     #[test]

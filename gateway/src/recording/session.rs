@@ -32,6 +32,9 @@ use super::writer::Writer;
 use crate::hub::subscriber::{HubEvent, SubscriberReceiver, TrackDescription};
 use crate::stream_name::StreamName;
 
+/// How often queued hub events are taken: a wake-up per packet would cost
+/// more than the recording itself (see BENCHMARKS.md).
+const BATCH_INTERVAL: Duration = Duration::from_millis(50);
 /// How long a gap may wait for a retransmission before it is declared
 /// lost: a NACK round trip or two, and a recording can afford the delay.
 const REORDER_WAIT: Duration = Duration::from_millis(400);
@@ -78,23 +81,33 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut session = Session::new(context, Instant::now());
+    let mut batch = Vec::new();
     loop {
+        // Events are taken in batches every few milliseconds rather than
+        // one wake-up per packet: a recording has no latency to keep, and
+        // waking a worker thread per packet cost more than the recording.
         let now = Instant::now();
-        let wake = session.next_wake(now);
+        let wake = session.next_wake(now).min(now + BATCH_INTERVAL);
         tokio::select! {
-            event = events.recv() => match event {
-                Some(HubEvent::EndOfStream) | None => break,
-                Some(event) => session.on_event(event, Instant::now()),
-            },
             changed = stop.changed() => {
                 if changed.is_err() || *stop.borrow() {
                     break;
                 }
             }
-            _ = tokio::time::sleep_until(wake.into()) => session.on_timer(Instant::now()),
+            _ = tokio::time::sleep_until(wake.into()) => {}
         }
+        let closed = events.drain(&mut batch);
+        let now = Instant::now();
+        let mut ended = closed;
+        for event in batch.drain(..) {
+            match event {
+                HubEvent::EndOfStream => ended = true,
+                event => session.on_event(event, now),
+            }
+        }
+        session.on_timer(now);
         session.queue_dropped = events.dropped();
-        if session.failed {
+        if ended || session.failed {
             break;
         }
     }
@@ -246,7 +259,11 @@ impl Session {
     fn on_event(&mut self, event: HubEvent, now: Instant) {
         match event {
             HubEvent::Tracks(descriptions) => self.on_tracks(descriptions, now),
-            HubEvent::Rtp { track, packet } => self.on_rtp(track, packet, now),
+            HubEvent::Rtp {
+                track,
+                packet,
+                arrived,
+            } => self.on_rtp(track, packet, arrived.min(now)),
             HubEvent::SenderReport {
                 track,
                 ssrc,

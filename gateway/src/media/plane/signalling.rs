@@ -39,7 +39,7 @@ impl Plane {
                 let _ = reply.send(result);
             }
             Command::StartRecording { stream, reply } => {
-                let result = self.start_recording(&stream);
+                let result = self.start_recording(&stream, now);
                 let _ = reply.send(result);
             }
             Command::Delete {
@@ -140,7 +140,7 @@ impl Plane {
             && self.recordings.wants(&stream_name)
             && let Some(subscription) = self.recordings.start(stream_name.clone())
         {
-            stream.subscribe(subscription);
+            stream.subscribe(subscription, now);
         }
         self.insert_peer(peer);
         Ok(answer)
@@ -406,8 +406,13 @@ impl Plane {
             etag,
         })
     }
+
     /// Starts recording a live stream on request (API, admin panel).
-    fn start_recording(&mut self, stream_name: &StreamName) -> Result<(), SignalError> {
+    fn start_recording(
+        &mut self,
+        stream_name: &StreamName,
+        now: Instant,
+    ) -> Result<(), SignalError> {
         let Some(stream) = self
             .hub
             .get_mut(stream_name)
@@ -416,7 +421,7 @@ impl Plane {
             return Err(SignalError::StreamNotLive);
         };
         if let Some(subscription) = self.recordings.start(stream_name.clone()) {
-            stream.subscribe(subscription);
+            stream.subscribe(subscription, now);
         }
         Ok(())
     }
