@@ -7,6 +7,8 @@
 //! - [`params`]: what a container needs to know about a video stream,
 //!   read from its keyframes (dimensions, avcC/hvcC/vpcC/av1C);
 //! - [`sync`]: one timeline for all tracks (sender reports), interleaving;
+//! - [`pipeline`]: all of the above for one stream: hub RTP in, timed
+//!   frames in time order out, in runs that start at a keyframe;
 //! - [`webm`]: crash-tolerant WebM files (clusters written as they close);
 //! - [`mp4`]: fragmented MP4 files (a fragment per second, flushed) and
 //!   their repair after a crash;
@@ -16,6 +18,7 @@ pub mod catalog;
 pub mod codec;
 pub mod mp4;
 pub mod params;
+pub mod pipeline;
 pub mod rtp;
 pub mod sync;
 pub mod webm;
