@@ -509,6 +509,16 @@ async fn recording_under_5_percent_loss_decodes_and_logs_dropped_frames() -> Res
     let (p, sent) = publish_for(&gw, "lossy", options, 10).await?;
     let dropped = p.dropped_packets();
     let total = sent.video_rtp_packets + sent.audio_rtp_packets;
+    if let Some(stats) = &p.loss {
+        use std::sync::atomic::Ordering::Relaxed;
+        eprintln!(
+            "loss injector: {} RTP packets, {} resends, {} dropped ({} of them resends)",
+            stats.rtp_packets.load(Relaxed),
+            stats.retransmissions.load(Relaxed),
+            stats.dropped.load(Relaxed),
+            stats.dropped_retransmissions.load(Relaxed)
+        );
+    }
     assert!(
         dropped as f64 > total as f64 * 0.02,
         "the injector dropped only {dropped} of {total} packets"

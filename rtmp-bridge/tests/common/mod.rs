@@ -1,0 +1,434 @@
+//! Test parts shared by the RTMP integration tests: real media encoded by
+//! FFmpeg (split into the frames the RTP assembler produces), a real nginx
+//! with the RTMP module (and the stream module terminating TLS), a test CA,
+//! and FFmpeg/FFprobe checks of what nginx recorded.
+
+#![allow(dead_code)] // each test binary uses a part
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use recorder::codec::Codec;
+use recorder::rtp::Frame;
+
+pub const RTMP_MODULE: &str = "/usr/lib/nginx/modules/ngx_rtmp_module.so";
+pub const STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
+
+/// A temporary directory removed on drop (also when a test panics).
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("whipcord-rtmp-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn ffmpeg(args: &[&str], out: &Path) {
+    let status = Command::new("ffmpeg")
+        .args(["-v", "error", "-y"])
+        .args(args)
+        .arg(out)
+        .status()
+        .expect("ffmpeg must be installed (scripts/test.sh installs it)");
+    assert!(status.success(), "ffmpeg could not make {}", out.display());
+}
+
+/// `seconds` of 640x360 30 fps H264 (libx264 baseline, a keyframe every
+/// second) as the RTP assembler hands it over: one frame per access unit,
+/// NAL units with 4-byte lengths, parameter sets in-band, and (as some
+/// publishers send) the access unit delimiter kept.
+pub fn h264_frames(dir: &Path, seconds: u32) -> Vec<Frame> {
+    let out = dir.join("src.h264");
+    let src = format!("testsrc2=size=640x360:rate=30:duration={seconds}");
+    ffmpeg(
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            &src,
+            "-c:v",
+            "libx264",
+            "-profile:v",
+            "baseline",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+            "-g",
+            "30",
+            "-pix_fmt",
+            "yuv420p",
+            "-x264-params",
+            "aud=1",
+            "-f",
+            "h264",
+        ],
+        &out,
+    );
+    let data = std::fs::read(&out).expect("h264");
+    let mut frames = Vec::new();
+    let mut au: Vec<u8> = Vec::new();
+    let mut key = false;
+    let mut flush = |au: &mut Vec<u8>, key: &mut bool| {
+        if au.is_empty() {
+            return;
+        }
+        let index = frames.len() as i64;
+        frames.push(Frame {
+            codec: Codec::H264,
+            timestamp: index * 3000,
+            keyframe: *key,
+            data: Bytes::from(std::mem::take(au)),
+        });
+        *key = false;
+    };
+    for nal in annexb_nals(&data) {
+        let Some(&header) = nal.first() else { continue };
+        let t = header & 0x1f;
+        if t == 9 {
+            flush(&mut au, &mut key);
+        }
+        key |= t == 5;
+        au.extend_from_slice(&(nal.len() as u32).to_be_bytes());
+        au.extend_from_slice(nal);
+    }
+    flush(&mut au, &mut key);
+    frames
+}
+
+/// NAL units of an Annex-B byte stream.
+pub fn annexb_nals(data: &[u8]) -> Vec<&[u8]> {
+    let mut starts = Vec::new();
+    let mut i = 0;
+    while i + 3 <= data.len() {
+        if data[i..i + 3] == [0, 0, 1] {
+            starts.push(i + 3);
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    let mut nals = Vec::new();
+    for (n, &s) in starts.iter().enumerate() {
+        let mut end = starts.get(n + 1).map_or(data.len(), |next| next - 3);
+        // A 4-byte start code leaves a zero at the end of the previous NAL.
+        while end > s && data[end - 1] == 0 {
+            end -= 1;
+        }
+        nals.push(&data[s..end]);
+    }
+    nals
+}
+
+/// `seconds` of 48 kHz stereo AAC-LC from FFmpeg's encoder: raw frames
+/// (ADTS headers stripped), 1024 samples each.
+pub fn aac_frames(dir: &Path, seconds: u32) -> Vec<Bytes> {
+    let out = dir.join("src.aac");
+    let src = format!("sine=frequency=440:sample_rate=48000:duration={seconds}");
+    ffmpeg(
+        &[
+            "-f", "lavfi", "-i", &src, "-ac", "2", "-ar", "48000", "-c:a", "aac", "-b:a", "128k",
+            "-f", "adts",
+        ],
+        &out,
+    );
+    let data = std::fs::read(&out).expect("aac");
+    let mut frames = Vec::new();
+    let mut rest = &data[..];
+    while rest.len() >= 7 {
+        assert_eq!(rest[0], 0xff, "ADTS sync");
+        assert_eq!(rest[1] & 0xf0, 0xf0, "ADTS sync");
+        let header_len = if rest[1] & 1 == 1 { 7 } else { 9 };
+        let frame_len = (usize::from(rest[3] & 3) << 11)
+            | (usize::from(rest[4]) << 3)
+            | (usize::from(rest[5]) >> 5);
+        frames.push(Bytes::copy_from_slice(&rest[header_len..frame_len]));
+        rest = &rest[frame_len..];
+    }
+    frames
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// TLS files for nginx's stream module.
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A real nginx, single process in the foreground, killed on drop.
+pub struct Nginx {
+    child: Child,
+    pub rtmp_port: u16,
+    pub rtmps_port: Option<u16>,
+    pub record_dir: PathBuf,
+    dir: PathBuf,
+}
+
+impl Nginx {
+    /// nginx with `application live` recording everything into
+    /// `dir/rec`; with `tls`, also a TLS listener proxying to it.
+    pub fn start(dir: &Path, tls: Option<&TlsFiles>) -> Nginx {
+        assert!(
+            Path::new(RTMP_MODULE).exists(),
+            "nginx's RTMP module is missing: apt-get install nginx libnginx-mod-rtmp libnginx-mod-stream (scripts/test.sh does)"
+        );
+        let record_dir = dir.join("rec");
+        std::fs::create_dir_all(&record_dir).expect("record dir");
+        let rtmp_port = free_port();
+        let rtmps_port = tls.map(|_| free_port());
+        let mut conf = format!("load_module {RTMP_MODULE};\n");
+        if tls.is_some() {
+            conf += &format!("load_module {STREAM_MODULE};\n");
+        }
+        if running_as_root() {
+            conf += "user root;\n";
+        }
+        conf += &format!(
+            "worker_processes 1;
+error_log {dir}/error.log info;
+pid {dir}/nginx.pid;
+events {{ worker_connections 64; }}
+rtmp {{
+  server {{
+    listen 127.0.0.1:{rtmp_port};
+    chunk_size 4096;
+    application live {{
+      live on;
+      record all;
+      record_path {rec};
+      record_unique off;
+    }}
+  }}
+}}
+",
+            dir = dir.display(),
+            rec = record_dir.display(),
+        );
+        if let (Some(tls), Some(port)) = (tls, rtmps_port) {
+            conf += &format!(
+                "stream {{
+  server {{
+    listen 127.0.0.1:{port} ssl;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    proxy_pass 127.0.0.1:{rtmp_port};
+  }}
+}}
+",
+                cert = tls.cert.display(),
+                key = tls.key.display(),
+            );
+        }
+        let conf_path = dir.join("nginx.conf");
+        std::fs::write(&conf_path, conf).expect("nginx.conf");
+        // Debian puts nginx in /usr/sbin, which a non-root PATH may lack.
+        let program = if Path::new("/usr/sbin/nginx").exists() {
+            "/usr/sbin/nginx"
+        } else {
+            "nginx"
+        };
+        let child = Command::new(program)
+            .arg("-p")
+            .arg(dir)
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .arg("-c")
+            .arg(&conf_path)
+            .args(["-g", "daemon off; master_process off;"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx must be installed");
+        let mut nginx = Nginx {
+            child,
+            rtmp_port,
+            rtmps_port,
+            record_dir,
+            dir: dir.to_owned(),
+        };
+        for port in std::iter::once(rtmp_port).chain(rtmps_port) {
+            nginx.wait_listening(port);
+        }
+        nginx
+    }
+
+    fn wait_listening(&mut self, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("nginx exited ({status}): {}", self.error_log());
+            }
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nginx does not listen on {port} after 10 s: {}",
+                self.error_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
+    }
+
+    /// The FLV nginx records for `stream` (`record_unique off`).
+    pub fn recording(&self, stream: &str) -> PathBuf {
+        self.record_dir.join(format!("{stream}.flv"))
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A test CA and a server certificate for 127.0.0.1 and localhost signed
+/// by it, written as PEM files; returns the CA file for the client.
+pub fn test_pki(dir: &Path) -> (PathBuf, TlsFiles) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Whipcord test CA");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca_params.self_signed(&ca_key).expect("CA cert");
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let server_key = KeyPair::generate().expect("server key");
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .expect("server params");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "whipcord test server");
+    let server_cert = params.signed_by(&server_key, &issuer).expect("server cert");
+
+    let ca = dir.join("ca.pem");
+    let files = TlsFiles {
+        cert: dir.join("server.pem"),
+        key: dir.join("server.key"),
+    };
+    std::fs::write(&ca, ca_cert.pem()).expect("ca.pem");
+    std::fs::write(&files.cert, server_cert.pem()).expect("server.pem");
+    std::fs::write(&files.key, server_key.serialize_pem()).expect("server.key");
+    (ca, files)
+}
+
+/// What `ffmpeg -v error -i f -f null -` prints: nothing for a clean file.
+pub fn decode_errors(path: &Path) -> String {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(path)
+        .args(["-f", "null", "-"])
+        .output()
+        .expect("ffmpeg");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn probe(path: &Path, args: &[&str]) -> String {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error"])
+        .args(args)
+        .arg(path)
+        .output()
+        .expect("ffprobe");
+    assert!(
+        out.status.success(),
+        "ffprobe failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// `codec_name,width,height` (video) or `codec_name,sample_rate,channels`.
+pub fn stream_info(path: &Path, stream: &str, entries: &str) -> String {
+    probe(
+        path,
+        &[
+            "-select_streams",
+            stream,
+            "-show_entries",
+            &format!("stream={entries}"),
+            "-of",
+            "csv=p=0",
+        ],
+    )
+}
+
+/// The container's duration in seconds as FFprobe reports it.
+pub fn duration(path: &Path) -> f64 {
+    probe(
+        path,
+        &["-show_entries", "format=duration", "-of", "csv=p=0"],
+    )
+    .parse()
+    .expect("duration")
+}
+
+/// Frames FFmpeg decodes from one stream (`v:0`, `a:0`).
+pub fn decoded_frames(path: &Path, stream: &str) -> u64 {
+    stream_info_counted(path, stream)
+        .parse()
+        .expect("frame count")
+}
+
+fn stream_info_counted(path: &Path, stream: &str) -> String {
+    probe(
+        path,
+        &[
+            "-count_frames",
+            "-select_streams",
+            stream,
+            "-show_entries",
+            "stream=nb_read_frames",
+            "-of",
+            "csv=p=0",
+        ],
+    )
+}
