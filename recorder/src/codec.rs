@@ -17,6 +17,10 @@ pub enum Codec {
     Opus,
     G711u,
     G711a,
+    /// AAC-LC. Never negotiated over WebRTC (so [`Codec::from_mime`] does
+    /// not map it): the transcoder makes it for RTMP and HLS, whose players
+    /// expect it, and the MP4 writer stores it.
+    Aac,
 }
 
 /// Audio or video.
@@ -46,7 +50,7 @@ impl Codec {
 
     pub fn kind(self) -> MediaKind {
         match self {
-            Codec::Opus | Codec::G711u | Codec::G711a => MediaKind::Audio,
+            Codec::Opus | Codec::G711u | Codec::G711a | Codec::Aac => MediaKind::Audio,
             _ => MediaKind::Video,
         }
     }
@@ -62,6 +66,8 @@ impl Codec {
             Codec::Opus => "opus",
             Codec::G711u => "PCMU",
             Codec::G711a => "PCMA",
+            // RFC 3640's name for AAC over RTP.
+            Codec::Aac => "MPEG4-GENERIC",
         }
     }
 
@@ -75,14 +81,18 @@ impl Codec {
             Codec::Vp8 => vp8_keyframe(payload),
             Codec::Vp9 => vp9_keyframe(payload),
             Codec::Av1 => av1_keyframe(payload),
-            Codec::Opus | Codec::G711u | Codec::G711a => false,
+            Codec::Opus | Codec::G711u | Codec::G711a | Codec::Aac => false,
         }
     }
 }
 
 impl fmt::Display for Codec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.encoding_name())
+        match self {
+            // What people call it; its RTP name says little.
+            Codec::Aac => f.write_str("AAC"),
+            _ => f.write_str(self.encoding_name()),
+        }
     }
 }
 

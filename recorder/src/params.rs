@@ -123,7 +123,7 @@ impl VideoConfig {
             }
             Codec::Vp9 => vp9_config(&frame.data),
             Codec::Av1 => av1_config(&frame.data),
-            Codec::Opus | Codec::G711u | Codec::G711a => None,
+            Codec::Opus | Codec::G711u | Codec::G711a | Codec::Aac => None,
         }
     }
 

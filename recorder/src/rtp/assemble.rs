@@ -60,7 +60,7 @@ pub struct FrameAssembler {
 
 impl FrameAssembler {
     pub fn new(codec: Codec) -> Result<Self, AssembleError> {
-        if matches!(codec, Codec::G711u | Codec::G711a) {
+        if matches!(codec, Codec::G711u | Codec::G711a | Codec::Aac) {
             return Err(AssembleError::Unsupported(codec));
         }
         Ok(Self {
@@ -197,7 +197,7 @@ fn depacketize(codec: Codec, payloads: &[Bytes]) -> Option<Bytes> {
         Codec::Av1 => run(Av1Depacketizer::new(), payloads),
         Codec::Opus => run(OpusPacket, payloads),
         Codec::H265 => depacketize_h265(payloads),
-        Codec::G711u | Codec::G711a => None,
+        Codec::G711u | Codec::G711a | Codec::Aac => None,
     }
 }
 
