@@ -8,6 +8,7 @@
 pub mod amf0;
 pub mod flv;
 pub mod rtmp;
+pub mod target;
 pub mod url;
 
 pub use rtmp::{PublishError, RtmpPublisher, TlsConfig};

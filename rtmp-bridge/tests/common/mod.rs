@@ -205,13 +205,25 @@ impl Nginx {
     /// nginx with `application live` recording everything into
     /// `dir/rec`; with `tls`, also a TLS listener proxying to it.
     pub fn start(dir: &Path, tls: Option<&TlsFiles>) -> Nginx {
+        Nginx::start_with(dir, tls, None, false)
+    }
+
+    /// [`start`](Self::start) on a given RTMP port (a restart where the
+    /// client expects it), and with `record_unique on` (each publish gets
+    /// its own `KEY-<unix time>.flv`).
+    pub fn start_with(
+        dir: &Path,
+        tls: Option<&TlsFiles>,
+        port: Option<u16>,
+        record_unique: bool,
+    ) -> Nginx {
         assert!(
             Path::new(RTMP_MODULE).exists(),
             "nginx's RTMP module is missing: apt-get install nginx libnginx-mod-rtmp libnginx-mod-stream (scripts/test.sh does)"
         );
         let record_dir = dir.join("rec");
         std::fs::create_dir_all(&record_dir).expect("record dir");
-        let rtmp_port = free_port();
+        let rtmp_port = port.unwrap_or_else(free_port);
         let rtmps_port = tls.map(|_| free_port());
         let mut conf = format!("load_module {RTMP_MODULE};\n");
         if tls.is_some() {
@@ -233,13 +245,14 @@ rtmp {{
       live on;
       record all;
       record_path {rec};
-      record_unique off;
+      record_unique {unique};
     }}
   }}
 }}
 ",
             dir = dir.display(),
             rec = record_dir.display(),
+            unique = if record_unique { "on" } else { "off" },
         );
         if let (Some(tls), Some(port)) = (tls, rtmps_port) {
             conf += &format!(
@@ -316,6 +329,94 @@ rtmp {{
     pub fn recording(&self, stream: &str) -> PathBuf {
         self.record_dir.join(format!("{stream}.flv"))
     }
+}
+
+impl Nginx {
+    /// Stops nginx the way an operator does (SIGTERM: it closes its
+    /// connections and finishes its recordings) and waits for it to exit.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The FLV files nginx recorded, oldest name first.
+    pub fn recordings(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.record_dir)
+            .map(|dir| {
+                dir.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "flv"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        files
+    }
+}
+
+/// A TCP proxy to `127.0.0.1:upstream` that holds each connection for
+/// `stall` before relaying it: a destination that accepts but does not
+/// answer, then recovers. Returns the port it listens on; its threads
+/// live as long as the test process.
+pub fn stalling_proxy(upstream: u16, stall: Duration) -> u16 {
+    use std::io::copy;
+    use std::net::Shutdown;
+    let listener = TcpListener::bind("127.0.0.1:0").expect("proxy listener");
+    let port = listener.local_addr().expect("proxy address").port();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { return };
+            std::thread::spawn(move || {
+                std::thread::sleep(stall);
+                let Ok(mut server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    return;
+                };
+                let (Ok(mut client_in), Ok(mut server_out)) =
+                    (client.try_clone(), server.try_clone())
+                else {
+                    return;
+                };
+                let up = std::thread::spawn(move || {
+                    let _ = copy(&mut client_in, &mut server_out);
+                    let _ = server_out.shutdown(Shutdown::Write);
+                });
+                let _ = copy(&mut server, &mut client);
+                let _ = client.shutdown(Shutdown::Write);
+                let _ = up.join();
+            });
+        }
+    });
+    port
+}
+
+/// Decode-order video packets of an FLV: (pts in ms, keyframe).
+pub fn video_packets(path: &Path) -> Vec<(i64, bool)> {
+    probe(
+        path,
+        &[
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "packet=pts,flags",
+            "-of",
+            "csv=p=0",
+        ],
+    )
+    .lines()
+    .filter_map(|line| {
+        let (pts, flags) = line.split_once(',')?;
+        Some((pts.parse().ok()?, flags.starts_with('K')))
+    })
+    .collect()
 }
 
 impl Drop for Nginx {
