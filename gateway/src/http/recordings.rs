@@ -185,9 +185,10 @@ async fn list(
     }
 }
 
-/// Looks a recording up by the `{id}` path segment; anything that is not
-/// a catalog id is simply not found.
-async fn lookup(state: &AppState, raw_id: &str) -> Result<Recording, ApiError> {
+/// Authorizes the request and looks the recording up by the `{id}` path
+/// segment; anything that is not a catalog id is simply not found.
+async fn lookup(req: &HttpRequest, state: &AppState, raw_id: &str) -> Result<Recording, ApiError> {
+    authorize(req, state)?;
     let id: i64 = raw_id.parse().map_err(|_| ApiError::NotFound)?;
     let recordings = state.recordings.clone();
     match web::block(move || recordings.catalog().get(id)).await {
@@ -202,10 +203,7 @@ async fn lookup(state: &AppState, raw_id: &str) -> Result<Recording, ApiError> {
 }
 
 async fn show(req: HttpRequest, state: web::Data<AppState>, id: web::Path<String>) -> HttpResponse {
-    if let Err(refused) = authorize(&req, &state) {
-        return refused.response();
-    }
-    match lookup(&state, &id).await {
+    match lookup(&req, &state, &id).await {
         Ok(recording) => HttpResponse::Ok().json(RecordingJson::from(&recording)),
         Err(refused) => refused.response(),
     }
@@ -216,10 +214,7 @@ async fn download(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> HttpResponse {
-    if let Err(refused) = authorize(&req, &state) {
-        return refused.response();
-    }
-    let recording = match lookup(&state, &id).await {
+    let recording = match lookup(&req, &state, &id).await {
         Ok(r) => r,
         Err(refused) => return refused.response(),
     };
@@ -248,10 +243,7 @@ async fn remove(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> HttpResponse {
-    if let Err(refused) = authorize(&req, &state) {
-        return refused.response();
-    }
-    let recording = match lookup(&state, &id).await {
+    let recording = match lookup(&req, &state, &id).await {
         Ok(r) => r,
         Err(refused) => return refused.response(),
     };
