@@ -75,38 +75,11 @@ pub fn h264(dir: &Path, size: &str, seconds: f64, start_index: u64) -> Vec<Timed
     );
     ffmpeg(&args(&a), &out);
     let data = std::fs::read(&out).expect("h264");
-    let mut frames = Vec::new();
-    let mut au: Vec<u8> = Vec::new();
-    let mut key = false;
-    let flush = |au: &mut Vec<u8>, key: &mut bool, frames: &mut Vec<Timed>| {
-        if au.is_empty() {
-            return;
-        }
-        let index = start_index + frames.len() as u64;
-        frames.push((
-            index * 1_000_000_000 / 30,
-            Frame {
-                codec: Codec::H264,
-                timestamp: (index * 3000) as i64,
-                keyframe: *key,
-                data: Bytes::from(std::mem::take(au)),
-            },
-        ));
-        *key = false;
-    };
-    for nal in annexb_nals(&data) {
-        let Some(&header) = nal.first() else { continue };
-        match header & 0x1f {
-            9 => flush(&mut au, &mut key, &mut frames),
-            t => {
-                key |= t == 5;
-                au.extend_from_slice(&(nal.len() as u32).to_be_bytes());
-                au.extend_from_slice(nal);
-            }
-        }
-    }
-    flush(&mut au, &mut key, &mut frames);
-    frames
+    // Access unit delimiters (type 9) separate frames; IDR slices are 5.
+    access_units(&data, Codec::H264, start_index, |h| {
+        let t = h & 0x1f;
+        (t == 9, t == 5)
+    })
 }
 
 /// `seconds` of H265 (libx265, no B-frames, VPS/SPS/PPS before every
@@ -129,6 +102,23 @@ pub fn h265(dir: &Path, size: &str, seconds: f64, start_index: u64) -> Vec<Timed
     );
     ffmpeg(&args(&a), &out);
     let data = std::fs::read(&out).expect("h265");
+    // Access unit delimiters are type 35; IRAP pictures 16..=21.
+    access_units(&data, Codec::H265, start_index, |h| {
+        let t = (h >> 1) & 0x3f;
+        (t == 35, (16..=21).contains(&t))
+    })
+}
+
+/// Splits an Annex-B stream written with access unit delimiters into
+/// 30 fps frames of 4-byte length-prefixed NAL units. `classify` tells,
+/// from a NAL unit's first byte, whether it is a delimiter and whether it
+/// makes the frame a keyframe.
+fn access_units(
+    data: &[u8],
+    codec: Codec,
+    start_index: u64,
+    classify: impl Fn(u8) -> (bool, bool),
+) -> Vec<Timed> {
     let mut frames = Vec::new();
     let mut au: Vec<u8> = Vec::new();
     let mut key = false;
@@ -140,7 +130,7 @@ pub fn h265(dir: &Path, size: &str, seconds: f64, start_index: u64) -> Vec<Timed
         frames.push((
             index * 1_000_000_000 / 30,
             Frame {
-                codec: Codec::H265,
+                codec,
                 timestamp: (index * 3000) as i64,
                 keyframe: *key,
                 data: Bytes::from(std::mem::take(au)),
@@ -148,15 +138,15 @@ pub fn h265(dir: &Path, size: &str, seconds: f64, start_index: u64) -> Vec<Timed
         ));
         *key = false;
     };
-    for nal in annexb_nals(&data) {
+    for nal in annexb_nals(data) {
         let Some(&header) = nal.first() else { continue };
-        match (header >> 1) & 0x3f {
-            35 => flush(&mut au, &mut key, &mut frames),
-            t => {
-                key |= (16..=21).contains(&t);
-                au.extend_from_slice(&(nal.len() as u32).to_be_bytes());
-                au.extend_from_slice(nal);
-            }
+        let (delimiter, keyframe) = classify(header);
+        if delimiter {
+            flush(&mut au, &mut key, &mut frames);
+        } else {
+            key |= keyframe;
+            au.extend_from_slice(&(nal.len() as u32).to_be_bytes());
+            au.extend_from_slice(nal);
         }
     }
     flush(&mut au, &mut key, &mut frames);
