@@ -24,6 +24,12 @@ command -v npm >/dev/null 2>&1 || need+=(npm)
 { [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1; } || need+=(nginx)
 [ -e /usr/lib/nginx/modules/ngx_rtmp_module.so ] || need+=(libnginx-mod-rtmp)
 [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
+# Build dependencies of the in-process transcoder (ffmpeg-next binds
+# FFmpeg's libraries through bindgen, which needs libclang).
+for pkg in libavcodec-dev libavformat-dev libavutil-dev libswresample-dev libswscale-dev \
+  clang libclang-dev pkg-config; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
+done
 if ((${#need[@]})); then
   step "apt-get install ${need[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
@@ -38,6 +44,10 @@ fi
 # --- static checks -------------------------------------------------------------
 step "cargo fmt --check"
 cargo fmt --all -- --check
+
+# The bundled hls.js is byte-for-byte the pinned npm release.
+step "hls.js bundle matches npm"
+scripts/update-hls.sh --check
 
 step "cargo clippy"
 cargo clippy --release --workspace --all-targets -- -D warnings

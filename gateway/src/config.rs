@@ -142,6 +142,96 @@ pub struct Cli {
     /// answers loopback clients only.
     #[arg(long, env = "WHIPCORD_API_TOKEN")]
     pub api_token: Option<String>,
+
+    /// Restream a stream to an RTMP(S) destination, as `STREAM=URL`
+    /// (e.g. `cam=rtmp://a.rtmp.youtube.com/live2/KEY`). Repeatable; adds
+    /// to the config file's `[[restream]]` tables.
+    #[arg(long = "restream", env = "WHIPCORD_RESTREAM", value_delimiter = ',')]
+    pub restream: Vec<RestreamFlag>,
+
+    /// PEM file of extra CA certificates trusted for `rtmps://` targets,
+    /// besides the system's roots.
+    #[arg(long, env = "WHIPCORD_RESTREAM_CA_FILE")]
+    pub restream_ca_file: Option<PathBuf>,
+
+    /// Bit rate of the AAC audio made from Opus for RTMP and HLS, kbit/s [default: 128].
+    #[arg(long, env = "WHIPCORD_AAC_BITRATE_KBPS")]
+    pub aac_bitrate_kbps: Option<u32>,
+
+    /// Video transcodes (VP8/VP9/AV1 → H264) allowed at once, server-wide [default: 1].
+    #[arg(long, env = "WHIPCORD_TRANSCODE_MAX")]
+    pub transcode_max: Option<usize>,
+
+    /// Bit rate of transcoded H264 video, kbit/s [default: 2500].
+    #[arg(long, env = "WHIPCORD_TRANSCODE_BITRATE_KBPS")]
+    pub transcode_bitrate_kbps: Option<u32>,
+
+    /// When HLS is produced: `on-demand` (from the first playlist request
+    /// until a minute without requests), `always` or `off` [default: on-demand].
+    #[arg(long, env = "WHIPCORD_HLS")]
+    pub hls: Option<HlsMode>,
+}
+
+/// `--restream STREAM=URL`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestreamFlag {
+    pub stream: String,
+    pub url: String,
+}
+
+impl std::str::FromStr for RestreamFlag {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (stream, url) = s
+            .split_once('=')
+            .ok_or_else(|| format!("expected STREAM=URL, got {s:?}"))?;
+        Ok(Self {
+            stream: stream.trim().to_owned(),
+            url: url.trim().to_owned(),
+        })
+    }
+}
+
+/// When HLS is produced for a live stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum HlsMode {
+    /// From the first playlist request until a minute without requests:
+    /// nobody pays for segments nobody fetches.
+    #[default]
+    OnDemand,
+    /// For every live stream, from its start (players join instantly).
+    Always,
+    Off,
+}
+
+impl std::str::FromStr for HlsMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "on-demand" => Ok(Self::OnDemand),
+            "always" => Ok(Self::Always),
+            "off" => Ok(Self::Off),
+            other => Err(format!("expected on-demand, always or off, got {other:?}")),
+        }
+    }
+}
+
+/// One `[[restream]]` table: where a stream is pushed while it is live.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RestreamConfig {
+    pub stream: String,
+    /// `rtmp://host[:port]/app/KEY` or `rtmps://…`.
+    pub url: String,
+    /// Transcode VP8/VP9/AV1 video to H264 for this target.
+    #[serde(default)]
+    pub transcode: bool,
+    /// Extra CA certificates for this `rtmps://` target.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// A STUN or TURN server announced to clients.
@@ -191,6 +281,13 @@ pub struct Config {
     pub record_max_age_hours: u64,
     pub record_max_total_mb: u64,
     pub api_token: Option<String>,
+    #[serde(rename = "restream")]
+    pub restreams: Vec<RestreamConfig>,
+    pub restream_ca_file: Option<PathBuf>,
+    pub aac_bitrate_kbps: u32,
+    pub transcode_max: usize,
+    pub transcode_bitrate_kbps: u32,
+    pub hls: HlsMode,
     #[serde(rename = "stream")]
     pub streams: Vec<StreamConfig>,
 }
@@ -220,6 +317,12 @@ impl Default for Config {
             record_max_age_hours: 0,
             record_max_total_mb: 0,
             api_token: None,
+            restreams: Vec::new(),
+            restream_ca_file: None,
+            aac_bitrate_kbps: 128,
+            transcode_max: 1,
+            transcode_bitrate_kbps: 2500,
+            hls: HlsMode::OnDemand,
             streams: Vec::new(),
         }
     }
@@ -346,6 +449,28 @@ impl Config {
         if let Some(v) = &cli.api_token {
             self.api_token = Some(v.clone());
         }
+        self.restreams
+            .extend(cli.restream.iter().map(|flag| RestreamConfig {
+                stream: flag.stream.clone(),
+                url: flag.url.clone(),
+                transcode: false,
+                ca_file: None,
+            }));
+        if let Some(v) = &cli.restream_ca_file {
+            self.restream_ca_file = Some(v.clone());
+        }
+        if let Some(v) = cli.aac_bitrate_kbps {
+            self.aac_bitrate_kbps = v;
+        }
+        if let Some(v) = cli.transcode_max {
+            self.transcode_max = v;
+        }
+        if let Some(v) = cli.transcode_bitrate_kbps {
+            self.transcode_bitrate_kbps = v;
+        }
+        if let Some(v) = cli.hls {
+            self.hls = v;
+        }
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -374,6 +499,31 @@ impl Config {
                     stream.name
                 )));
             }
+        }
+        for restream in &self.restreams {
+            if !crate::stream_name::StreamName::is_valid(&restream.stream) {
+                return Err(ConfigError::Invalid(format!(
+                    "invalid stream name in [[restream]]: {:?}",
+                    restream.stream
+                )));
+            }
+            // The error names the problem, never the URL: it holds the key.
+            if let Err(err) = rtmp_bridge::RtmpUrl::parse(&restream.url) {
+                return Err(ConfigError::Invalid(format!(
+                    "restream target of stream {:?}: {err}",
+                    restream.stream
+                )));
+            }
+        }
+        if !(8..=512).contains(&self.aac_bitrate_kbps) {
+            return Err(ConfigError::Invalid(
+                "aac_bitrate_kbps must be between 8 and 512".into(),
+            ));
+        }
+        if !(100..=50_000).contains(&self.transcode_bitrate_kbps) {
+            return Err(ConfigError::Invalid(
+                "transcode_bitrate_kbps must be between 100 and 50000".into(),
+            ));
         }
         Ok(())
     }
@@ -429,6 +579,43 @@ publish_token = "cam-secret"
                 .and_then(|s| s.publish_token.as_deref()),
             Some("cam-secret")
         );
+    }
+
+    #[test]
+    fn restream_targets_from_file_and_flags() {
+        let dir = std::env::temp_dir().join(format!("whipcord-restream-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            r#"
+hls = "always"
+[[restream]]
+stream = "cam"
+url = "rtmps://live.example.com/app/secret"
+transcode = true
+"#,
+        )
+        .expect("write");
+        let cli = Cli::try_parse_from([
+            "whipcord",
+            "--config",
+            path.to_str().expect("utf-8 path"),
+            "--restream",
+            "cam=rtmp://127.0.0.1/live/k2",
+        ])
+        .expect("flags parse");
+        let config = Config::load(&cli).expect("valid");
+        assert_eq!(config.hls, HlsMode::Always);
+        assert_eq!(config.restreams.len(), 2);
+        assert!(config.restreams[0].transcode);
+        assert_eq!(config.restreams[1].url, "rtmp://127.0.0.1/live/k2");
+
+        let bad = Cli::try_parse_from(["whipcord", "--restream", "cam=http://x/y/z"])
+            .expect("flags parse");
+        let err = Config::load(&bad).expect_err("not an RTMP URL");
+        assert!(err.to_string().contains("rtmp://"), "{err}");
+        assert!(Cli::try_parse_from(["whipcord", "--restream", "no-equals"]).is_err());
     }
 
     #[test]

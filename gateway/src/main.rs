@@ -1,6 +1,7 @@
 //! `whipcord`: the gateway binary and composition root.
 
 mod auth;
+mod bridge;
 mod config;
 mod http;
 mod hub;
@@ -47,8 +48,18 @@ fn main() -> anyhow::Result<()> {
         .context("starting the recorder runtime")?;
     let recordings = recording::Recordings::open(config.clone(), recorder_runtime.handle().clone())
         .context("opening the recordings catalog")?;
+    // Restream connections get their own runtime too: a destination's
+    // network trouble never competes with the recorder's disk writes.
+    let bridge_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("whipcord-bridge")
+        .enable_all()
+        .build()
+        .context("starting the bridge runtime")?;
+    let bridge = bridge::Bridge::new(config.clone(), bridge_runtime.handle().clone());
     let (media, media_thread, media_addr) =
-        media::start(config.clone(), recordings.clone()).context("starting the media plane")?;
+        media::start(config.clone(), recordings.clone(), bridge.clone())
+            .context("starting the media plane")?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -60,6 +71,7 @@ fn main() -> anyhow::Result<()> {
             config: config.clone(),
             media: media.clone(),
             recordings: recordings.clone(),
+            bridge: bridge.clone(),
         });
         let server = http::server(state).context("binding the HTTP listener")?;
         let handle = server.handle();
@@ -72,11 +84,15 @@ fn main() -> anyhow::Result<()> {
         }
         // The streams have ended; let every recording finish its file.
         recordings.wait_idle(Duration::from_secs(10)).await;
+        let bridge_done = bridge.clone();
+        let _ =
+            tokio::task::spawn_blocking(move || bridge_done.shutdown(Duration::from_secs(5))).await;
         handle.stop(true).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), server_task).await;
         anyhow::Ok(())
     })?;
     recorder_runtime.shutdown_timeout(Duration::from_secs(2));
+    bridge_runtime.shutdown_timeout(Duration::from_secs(2));
     if media_thread.join().is_err() {
         warn!("media thread panicked");
     }

@@ -148,6 +148,12 @@ pub enum Command {
         stream: StreamName,
         reply: oneshot::Sender<Result<(), SignalError>>,
     },
+    /// Start the bridge session (restream targets, HLS) of a live stream
+    /// (no-op if it runs already).
+    StartBridge {
+        stream: StreamName,
+        reply: oneshot::Sender<Result<(), SignalError>>,
+    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },

@@ -1,9 +1,11 @@
 //! Test support for Whipcord's end-to-end tests: run the real gateway
 //! binary, and talk to it with real WebRTC peers.
 
+pub mod api;
 pub mod client;
 pub mod clip;
 pub mod gateway;
 pub mod media_file;
+pub mod nginx;
 pub mod probe;
 pub mod synth;

@@ -12,8 +12,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use serde_json::Value;
+use whipcord_tests::api::Api;
 use whipcord_tests::client::{
     MediaSent, PublishOptions, Publisher, Viewer, WatchOptions, is_keyframe_start,
 };
@@ -23,134 +24,6 @@ use whipcord_tests::synth::VideoCodec;
 
 // ---------------------------------------------------------------------------
 // Helpers
-
-struct Api {
-    base: String,
-    token: Option<String>,
-    client: reqwest::Client,
-}
-
-struct Reply {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-    fn json(&self) -> Result<Value> {
-        serde_json::from_slice(&self.body).with_context(|| {
-            format!(
-                "{} is not JSON: {}",
-                self.status,
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-}
-
-impl Api {
-    fn new(gw: &Gateway) -> Self {
-        Self::with_token(gw, None)
-    }
-
-    fn with_token(gw: &Gateway, token: Option<&str>) -> Self {
-        Self {
-            base: gw.base_url(),
-            token: token.map(str::to_owned),
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(20))
-                .build()
-                .expect("reqwest client"),
-        }
-    }
-
-    async fn send(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        headers: &[(&str, &str)],
-    ) -> Result<Reply> {
-        let mut req = self.client.request(method, format!("{}{path}", self.base));
-        if let Some(t) = &self.token {
-            req = req.header("Authorization", format!("Bearer {t}"));
-        }
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let res = req.send().await?;
-        let status = res.status().as_u16();
-        let headers = res.headers().clone();
-        let body = res.bytes().await?.to_vec();
-        Ok(Reply {
-            status,
-            headers,
-            body,
-        })
-    }
-
-    async fn get(&self, path: &str) -> Result<Reply> {
-        self.send(reqwest::Method::GET, path, &[]).await
-    }
-
-    /// `GET /api/recordings{query}`, checked for shape.
-    async fn list(&self, query: &str) -> Result<(Vec<Value>, u64)> {
-        let reply = self.get(&format!("/api/recordings{query}")).await?;
-        ensure!(
-            reply.status == 200,
-            "GET /api/recordings{query} answered {}: {}",
-            reply.status,
-            String::from_utf8_lossy(&reply.body)
-        );
-        let body = reply.json()?;
-        let items = body["items"]
-            .as_array()
-            .with_context(|| format!("no items array: {body}"))?
-            .clone();
-        let total = body["total"]
-            .as_u64()
-            .with_context(|| format!("no total: {body}"))?;
-        Ok((items, total))
-    }
-
-    async fn control(&self, stream: &str, action: &str) -> Result<u16> {
-        let reply = self
-            .send(
-                reqwest::Method::POST,
-                &format!("/api/streams/{stream}/recording/{action}"),
-                &[],
-            )
-            .await?;
-        Ok(reply.status)
-    }
-
-    /// Polls until a recording of `stream` satisfies `pred`, or `limit`.
-    async fn wait_item(
-        &self,
-        stream: &str,
-        what: &str,
-        limit: Duration,
-        pred: impl Fn(&Value) -> bool,
-    ) -> Result<Value> {
-        let deadline = Instant::now() + limit;
-        let mut last = Vec::new();
-        while Instant::now() < deadline {
-            match self.list(&format!("?stream={stream}")).await {
-                Ok((items, _)) => {
-                    if let Some(item) = items.iter().find(|i| pred(i)) {
-                        return Ok(item.clone());
-                    }
-                    last = items;
-                }
-                Err(e) => last = vec![Value::String(e.to_string())],
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        bail!("no recording of {stream} became {what} within {limit:?}; last list: {last:?}")
-    }
-}
 
 fn state(item: &Value) -> &str {
     item["state"].as_str().unwrap_or_default()

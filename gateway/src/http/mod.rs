@@ -3,9 +3,11 @@
 //! media plane; they never touch WebRTC state.
 
 mod cors;
+mod hls;
 mod pages;
 mod recordings;
 mod resources;
+mod restreams;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +15,7 @@ use std::time::Duration;
 use actix_web::{App, HttpServer, web};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::bridge::Bridge;
 use crate::config::Config;
 use crate::recording::Recordings;
 use crate::signal::{Command, SignalError};
@@ -58,6 +61,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub media: MediaHandle,
     pub recordings: Recordings,
+    pub bridge: Bridge,
 }
 
 /// Builds and binds the HTTP server; the caller awaits the returned server.
@@ -72,6 +76,8 @@ pub fn server(state: Arc<AppState>) -> std::io::Result<actix_web::dev::Server> {
             .configure(resources::routes)
             .configure(pages::routes)
             .configure(recordings::routes)
+            .configure(restreams::routes)
+            .configure(hls::routes)
     })
     .workers(2)
     .shutdown_timeout(5)

@@ -21,6 +21,7 @@ use std::thread::JoinHandle;
 use tokio::sync::mpsc;
 use tracing::info;
 
+use crate::bridge::Bridge;
 use crate::config::Config;
 use crate::http::MediaHandle;
 use crate::recording::Recordings;
@@ -30,6 +31,7 @@ use crate::signal::Command;
 pub fn start(
     config: Arc<Config>,
     recordings: Recordings,
+    bridge: Bridge,
 ) -> anyhow::Result<(MediaHandle, JoinHandle<()>, SocketAddr)> {
     let socket_addr = config.media_listen;
     let std_socket = udp::MediaSocket::bind_std(socket_addr)?;
@@ -66,7 +68,14 @@ pub fn start(
                 }
             };
             runtime.block_on(async move {
-                match plane::Plane::new(config, recordings, std_socket, tcp_listener, candidates) {
+                match plane::Plane::new(
+                    config,
+                    recordings,
+                    bridge,
+                    std_socket,
+                    tcp_listener,
+                    candidates,
+                ) {
                     Ok(plane) => plane.run(rx).await,
                     Err(err) => tracing::error!("media plane failed to start: {err}"),
                 }

@@ -43,10 +43,13 @@ struct Inner {
     active: Mutex<HashMap<StreamName, Active>>,
     /// Counts running sessions, for a shutdown that waits for them.
     running: watch::Sender<usize>,
+    next_generation: std::sync::atomic::AtomicU64,
 }
 
 struct Active {
     stop: watch::Sender<bool>,
+    /// Tells this session from a newer one of the same stream.
+    generation: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +86,7 @@ impl Recordings {
                 runtime,
                 active: Mutex::new(HashMap::new()),
                 running,
+                next_generation: std::sync::atomic::AtomicU64::new(0),
             }),
         };
         recordings.spawn_retention();
@@ -104,14 +108,23 @@ impl Recordings {
 
     /// Starts recording `stream`; returns the subscription the hub must
     /// feed, or `None` if it is being recorded already.
-    pub fn start(&self, stream: StreamName) -> Option<SubscriberSender> {
+    ///
+    /// `new_stream`: the stream has just gone live, so a session still
+    /// registered belongs to its previous life and is only finishing its
+    /// file (it has been sent the end of stream): the new one starts
+    /// beside it rather than being lost.
+    pub fn start(&self, stream: StreamName, new_stream: bool) -> Option<SubscriberSender> {
         let mut active = self.active();
-        if active.contains_key(&stream) {
+        if active.contains_key(&stream) && !new_stream {
             return None;
         }
         let (tx, rx) = subscriber::channel(QUEUE_CAPACITY);
         let (stop, stop_rx) = watch::channel(false);
-        active.insert(stream.clone(), Active { stop });
+        let generation = self
+            .inner
+            .next_generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        active.insert(stream.clone(), Active { stop, generation });
         drop(active);
         let config = &self.inner.config;
         let context = session::SessionContext {
@@ -130,7 +143,14 @@ impl Recordings {
         self.inner.running.send_modify(|n| *n += 1);
         self.inner.runtime.spawn(async move {
             session::run(context, rx, stop_rx).await;
-            this.active().remove(&stream);
+            let mut active = this.active();
+            if active
+                .get(&stream)
+                .is_some_and(|a| a.generation == generation)
+            {
+                active.remove(&stream);
+            }
+            drop(active);
             this.inner.running.send_modify(|n| *n -= 1);
             this.enforce_retention();
         });

@@ -57,8 +57,14 @@ fn ffmpeg(args: &[&str], out: &Path) {
 /// NAL units with 4-byte lengths, parameter sets in-band, and (as some
 /// publishers send) the access unit delimiter kept.
 pub fn h264_frames(dir: &Path, seconds: u32) -> Vec<Frame> {
+    h264_frames_gop(dir, seconds, 30)
+}
+
+/// [`h264_frames`] with a keyframe every `gop` frames.
+pub fn h264_frames_gop(dir: &Path, seconds: u32, gop: u32) -> Vec<Frame> {
     let out = dir.join("src.h264");
     let src = format!("testsrc2=size=640x360:rate=30:duration={seconds}");
+    let gop = gop.to_string();
     ffmpeg(
         &[
             "-f",
@@ -74,7 +80,7 @@ pub fn h264_frames(dir: &Path, seconds: u32) -> Vec<Frame> {
             "-tune",
             "zerolatency",
             "-g",
-            "30",
+            &gop,
             "-pix_fmt",
             "yuv420p",
             "-x264-params",

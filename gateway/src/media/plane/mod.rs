@@ -31,6 +31,7 @@ use super::peer::{Peer, PeerFactory, PeerState, RoleState, candidate_lines};
 use super::sdp_scan::OfferSummary;
 use super::tcp::TcpEvent;
 use super::udp::{self, MediaSocket};
+use crate::bridge::Bridge;
 use crate::config::Config;
 use crate::hub::subscriber::TrackDescription;
 use crate::hub::{Hub, PeerKey};
@@ -73,6 +74,7 @@ struct PendingViewer {
 pub struct Plane {
     config: Arc<Config>,
     recordings: Recordings,
+    bridge: Bridge,
     egress: Egress,
     /// ICE-TCP connection events, taken by `run`.
     tcp_events: Option<mpsc::Receiver<TcpEvent>>,
@@ -104,6 +106,7 @@ impl Plane {
     pub fn new(
         config: Arc<Config>,
         recordings: Recordings,
+        bridge: Bridge,
         std_socket: std::net::UdpSocket,
         tcp_listener: Option<std::net::TcpListener>,
         candidates: Vec<SocketAddr>,
@@ -123,6 +126,7 @@ impl Plane {
         Ok(Self {
             config,
             recordings,
+            bridge,
             egress: Egress::new(socket),
             tcp_events,
             factory: PeerFactory::new(candidates, ice_tcp)?,

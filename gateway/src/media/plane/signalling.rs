@@ -42,6 +42,10 @@ impl Plane {
                 let result = self.start_recording(&stream, now);
                 let _ = reply.send(result);
             }
+            Command::StartBridge { stream, reply } => {
+                let result = self.start_bridge(&stream, now);
+                let _ = reply.send(result);
+            }
             Command::Delete {
                 role,
                 stream,
@@ -138,7 +142,13 @@ impl Plane {
         stream.begin_publisher();
         if new_stream
             && self.recordings.wants(&stream_name)
-            && let Some(subscription) = self.recordings.start(stream_name.clone())
+            && let Some(subscription) = self.recordings.start(stream_name.clone(), true)
+        {
+            stream.subscribe(subscription, now);
+        }
+        if new_stream
+            && self.bridge.wants(&stream_name)
+            && let Some(subscription) = self.bridge.start(stream_name.clone(), true)
         {
             stream.subscribe(subscription, now);
         }
@@ -420,7 +430,22 @@ impl Plane {
         else {
             return Err(SignalError::StreamNotLive);
         };
-        if let Some(subscription) = self.recordings.start(stream_name.clone()) {
+        if let Some(subscription) = self.recordings.start(stream_name.clone(), false) {
+            stream.subscribe(subscription, now);
+        }
+        Ok(())
+    }
+
+    /// Starts the bridge session (restream targets, HLS) of a live stream.
+    fn start_bridge(&mut self, stream_name: &StreamName, now: Instant) -> Result<(), SignalError> {
+        let Some(stream) = self
+            .hub
+            .get_mut(stream_name)
+            .filter(|s| s.publisher.is_some())
+        else {
+            return Err(SignalError::StreamNotLive);
+        };
+        if let Some(subscription) = self.bridge.start(stream_name.clone(), false) {
             stream.subscribe(subscription, now);
         }
         Ok(())

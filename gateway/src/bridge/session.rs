@@ -1,0 +1,411 @@
+//! One stream's bridge session, on its own thread: hub events in, frames
+//! out to the stream's restream targets (and HLS).
+//!
+//! Stages, each run once per stream however many outputs use them:
+//! 1. [`FramePipeline`]: RTP → timed frames in runs;
+//! 2. the audio [`Transcoder`]: Opus → AAC (RTMP and HLS players want AAC);
+//! 3. only while a target asks for it and a transcode slot is free, the
+//!    video [`Transcoder`]: VP8/VP9/AV1 → H264, fed from stage 2 so audio
+//!    is not transcoded twice.
+//!
+//! Targets are fed through their bounded inputs, which never wait: a slow
+//! destination costs only itself.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use recorder::codec::Codec;
+use recorder::pipeline::{FramePipeline, Output, Reconnect, RunEnd, RunStart, TrackSpec};
+use rtmp_bridge::hls::Muxer;
+use rtmp_bridge::transcode::{H264Options, TranscodeOptions, Transcoder};
+use tracing::{info, warn};
+
+use super::targets::{TargetEntry, TargetId};
+use super::{Bridge, TranscodeSlot};
+use crate::hub::subscriber::{HubEvent, SubscriberReceiver};
+use crate::stream_name::StreamName;
+
+/// How often queued hub events are taken. Restreaming adds this much
+/// latency at most, and saves a wake-up per packet.
+const BATCH_INTERVAL: Duration = Duration::from_millis(50);
+
+pub struct SessionContext {
+    pub stream: StreamName,
+    pub bridge: Bridge,
+    pub stop: Arc<AtomicBool>,
+    pub ended: Arc<AtomicBool>,
+}
+
+pub fn run(context: SessionContext, events: SubscriberReceiver) {
+    let mut session = Session::new(&context);
+    let mut batch = Vec::new();
+    loop {
+        let now = Instant::now();
+        let wake = session
+            .pipeline
+            .next_deadline()
+            .map_or(now + BATCH_INTERVAL, |d| d.min(now + BATCH_INTERVAL));
+        std::thread::sleep(wake.saturating_duration_since(now));
+        if context.stop.load(Ordering::Acquire) {
+            break;
+        }
+        let mut ended = events.drain(&mut batch);
+        let now = Instant::now();
+        for event in batch.drain(..) {
+            match event {
+                HubEvent::EndOfStream => ended = true,
+                event => session.on_event(event, now),
+            }
+        }
+        // A stream that has ended takes no new outputs: they would only
+        // see its last frames.
+        if !ended {
+            session.refresh_targets();
+            session.refresh_hls();
+        }
+        session.pipeline.tick(now);
+        session.drain_pipeline();
+        if ended {
+            context.ended.store(true, Ordering::Release);
+            break;
+        }
+        if session.targets.is_empty() && !session.keep_alive() {
+            info!(stream = %context.stream, "bridge session has no outputs left");
+            break;
+        }
+    }
+    session.pipeline.finish(Instant::now());
+    session.drain_pipeline();
+    session.end_run(RunEnd::Finished);
+    session.stop_hls();
+    info!(stream = %context.stream, "bridge session ended");
+    context
+        .bridge
+        .session_exited(&context.stream, &context.stop);
+}
+
+/// The video transcoder of a run, with the slot it holds.
+struct VideoStage {
+    transcoder: Transcoder,
+    _slot: TranscodeSlot,
+}
+
+struct Session {
+    stream: StreamName,
+    bridge: Bridge,
+    pipeline: FramePipeline,
+    audio: Transcoder,
+    video: Option<VideoStage>,
+    /// The run in progress after the audio stage, and after the video
+    /// stage: what a target joining mid-run is sent first.
+    run: Option<RunStart>,
+    transcoded_run: Option<RunStart>,
+    targets: Vec<TargetEntry>,
+    hls: Option<Muxer>,
+    /// HLS takes the video stage's output (VP8 made H264) in this run.
+    hls_transcoded: bool,
+    /// The latest frame time of the run, to place a muxer that starts
+    /// mid-run on the wall clock.
+    run_time_ns: i64,
+    /// Targets that have been sent the current run's start.
+    fed: HashSet<TargetId>,
+    scratch: Vec<Output>,
+    scratch2: Vec<Output>,
+}
+
+impl Session {
+    fn new(context: &SessionContext) -> Self {
+        let config = &context.bridge.inner.config;
+        let mut session = Self {
+            stream: context.stream.clone(),
+            bridge: context.bridge.clone(),
+            pipeline: FramePipeline::new(
+                context.stream.to_string(),
+                Reconnect::NewRun,
+                Instant::now(),
+            ),
+            audio: Transcoder::new(TranscodeOptions {
+                aac_bitrate: config.aac_bitrate_kbps * 1000,
+                video: None,
+            }),
+            video: None,
+            run: None,
+            transcoded_run: None,
+            targets: Vec::new(),
+            hls: None,
+            hls_transcoded: false,
+            run_time_ns: 0,
+            fed: HashSet::new(),
+            scratch: Vec::new(),
+            scratch2: Vec::new(),
+        };
+        session.refresh_targets();
+        session
+    }
+
+    /// Whether the session should run on without targets (HLS).
+    fn keep_alive(&self) -> bool {
+        self.hls.is_some() || self.bridge.hls_wanted(&self.stream)
+    }
+
+    /// Starts the HLS muxer when someone wants it, stops it when nobody
+    /// has asked for a while.
+    fn refresh_hls(&mut self) {
+        let wanted = self.bridge.hls_wanted(&self.stream);
+        if !wanted {
+            if self.hls.is_some() {
+                info!(stream = %self.stream, "HLS stopped: no requests for a minute");
+                self.stop_hls();
+            }
+            return;
+        }
+        if self.hls.is_some() {
+            return;
+        }
+        let mut muxer = match Muxer::new(self.bridge.hls_config()) {
+            Ok(muxer) => muxer,
+            Err(err) => {
+                warn!(stream = %self.stream, "HLS cannot start: {err}");
+                return;
+            }
+        };
+        let start = if self.hls_transcoded {
+            self.transcoded_run.as_ref()
+        } else {
+            self.run.as_ref()
+        };
+        if let Some(start) = start {
+            // Joining mid-run: the run's time zero lies that far back.
+            let elapsed = Duration::from_nanos(u64::try_from(self.run_time_ns).unwrap_or(0));
+            muxer.push(Output::Start(start.clone()));
+            muxer.set_wall_clock_anchor(SystemTime::now() - elapsed);
+        }
+        info!(stream = %self.stream, "HLS started");
+        self.bridge.set_hls_store(&self.stream, Some(muxer.store()));
+        self.hls = Some(muxer);
+    }
+
+    fn stop_hls(&mut self) {
+        if let Some(muxer) = self.hls.take() {
+            muxer.store().close();
+            self.bridge.set_hls_store(&self.stream, None);
+        }
+    }
+
+    fn on_event(&mut self, event: HubEvent, now: Instant) {
+        match event {
+            HubEvent::Tracks(descriptions) => {
+                let specs = descriptions
+                    .into_iter()
+                    .map(|d| TrackSpec {
+                        codec: d.codec,
+                        clock_rate: d.clock_rate,
+                        channels: d.channels,
+                    })
+                    .collect();
+                self.pipeline.set_tracks(specs, now);
+            }
+            HubEvent::Rtp {
+                track,
+                packet,
+                arrived,
+            } => self.pipeline.push_rtp(track, packet, arrived.min(now)),
+            HubEvent::SenderReport {
+                track,
+                ssrc,
+                ntp_time,
+                rtp_time,
+            } => self.pipeline.sender_report(track, ssrc, ntp_time, rtp_time),
+            HubEvent::EndOfStream => {}
+        }
+        // Keep the pipeline's buffers short between batches.
+        self.drain_pipeline();
+    }
+
+    /// Picks up targets added or removed since the last batch; a new one
+    /// is sent the run in progress so it can join at the next keyframe.
+    fn refresh_targets(&mut self) {
+        self.bridge
+            .targets()
+            .for_stream(&self.stream, &mut self.targets);
+        let current: HashSet<TargetId> = self.targets.iter().map(|t| t.id).collect();
+        self.fed.retain(|id| current.contains(id));
+        if self.video.is_none()
+            && let Some(run) = &self.run
+            && self.needs_video_transcode(run)
+        {
+            self.start_video_stage(true);
+        }
+        for target in &self.targets {
+            if self.fed.contains(&target.id) {
+                continue;
+            }
+            let start = if target.transcode && self.video.is_some() {
+                self.transcoded_run.as_ref()
+            } else {
+                self.run.as_ref()
+            };
+            if let Some(start) = start {
+                target.input.push(Output::Start(start.clone()));
+                self.fed.insert(target.id);
+            }
+        }
+    }
+
+    fn needs_video_transcode(&self, run: &RunStart) -> bool {
+        matches!(
+            run.video,
+            Some((_, Codec::Vp8 | Codec::Vp9 | Codec::Av1, _))
+        ) && self.targets.iter().any(|t| t.transcode)
+    }
+
+    /// Starts the video transcoder; `mid_run`: the run is under way, so
+    /// the transcoder is given its start now.
+    fn start_video_stage(&mut self, mid_run: bool) {
+        let Some(slot) = self.bridge.acquire_transcode() else {
+            warn!(
+                stream = %self.stream,
+                max = self.bridge.inner.config.transcode_max,
+                "video transcode limit reached: transcode targets get the original video"
+            );
+            return;
+        };
+        let config = &self.bridge.inner.config;
+        let mut transcoder = Transcoder::new(TranscodeOptions {
+            aac_bitrate: config.aac_bitrate_kbps * 1000,
+            video: Some(H264Options {
+                bitrate: config.transcode_bitrate_kbps * 1000,
+                keyframe_interval: Duration::from_secs(2),
+            }),
+        });
+        info!(stream = %self.stream, "video transcode to H264 started");
+        // The transcoder learns the run from its start; the run's frames
+        // come next, so it begins at the next keyframe.
+        self.scratch2.clear();
+        if mid_run && let Some(run) = &self.run {
+            transcoder.push(Output::Start(run.clone()), &mut self.scratch2);
+        }
+        self.video = Some(VideoStage {
+            transcoder,
+            _slot: slot,
+        });
+        // Transcode targets fed the original run so far get the new one.
+        let transcode_ids: Vec<TargetId> = self
+            .targets
+            .iter()
+            .filter(|t| t.transcode)
+            .map(|t| t.id)
+            .collect();
+        self.fed.retain(|id| !transcode_ids.contains(id));
+        if mid_run {
+            self.route_transcoded();
+        }
+    }
+
+    fn drain_pipeline(&mut self) {
+        while let Some(output) = self.pipeline.pop() {
+            self.dispatch(output);
+        }
+    }
+
+    fn dispatch(&mut self, output: Output) {
+        let mut audio_out = std::mem::take(&mut self.scratch);
+        audio_out.clear();
+        self.audio.push(output, &mut audio_out);
+        for output in audio_out.drain(..) {
+            self.route(output);
+        }
+        self.scratch = audio_out;
+    }
+
+    /// Sends one output of the audio stage to the plain targets, and on
+    /// through the video stage to the transcode targets.
+    fn route(&mut self, output: Output) {
+        let starting = matches!(output, Output::Start(_));
+        let ending = matches!(output, Output::End(_));
+        match &output {
+            Output::Start(start) => {
+                self.run = Some(start.clone());
+                self.transcoded_run = None;
+                self.run_time_ns = 0;
+                self.fed.clear();
+                if self.video.is_none() && self.needs_video_transcode(start) {
+                    self.start_video_stage(false);
+                }
+                self.hls_transcoded = self.video.is_some();
+            }
+            Output::Frame { time_ns, .. } => self.run_time_ns = self.run_time_ns.max(*time_ns),
+            Output::End(_) => {}
+        }
+        if !self.hls_transcoded
+            && let Some(muxer) = &mut self.hls
+        {
+            muxer.push(output.clone());
+        }
+        let transcoding = self.video.is_some();
+        for target in &self.targets {
+            if target.transcode && transcoding {
+                continue;
+            }
+            if starting {
+                self.fed.insert(target.id);
+            } else if !self.fed.contains(&target.id) {
+                continue;
+            }
+            target.input.push(output.clone());
+        }
+        if let Some(stage) = &mut self.video {
+            self.scratch2.clear();
+            stage.transcoder.push(output, &mut self.scratch2);
+            self.route_transcoded();
+        }
+        if ending {
+            self.run = None;
+            // A new run may not need a transcode; its start decides.
+            self.video = None;
+        }
+    }
+
+    /// Sends what the video stage produced to the transcode targets.
+    fn route_transcoded(&mut self) {
+        let outputs = std::mem::take(&mut self.scratch2);
+        for output in &outputs {
+            let starting = match output {
+                Output::Start(start) => {
+                    self.transcoded_run = Some(start.clone());
+                    true
+                }
+                Output::End(_) => {
+                    self.transcoded_run = None;
+                    false
+                }
+                Output::Frame { .. } => false,
+            };
+            if self.hls_transcoded
+                && let Some(muxer) = &mut self.hls
+            {
+                muxer.push(output.clone());
+            }
+            for target in self.targets.iter().filter(|t| t.transcode) {
+                if starting {
+                    self.fed.insert(target.id);
+                } else if !self.fed.contains(&target.id) {
+                    continue;
+                }
+                target.input.push(output.clone());
+            }
+        }
+        self.scratch2 = outputs;
+        self.scratch2.clear();
+    }
+
+    /// Ends the run for every target (the stream ended or the session
+    /// stops).
+    fn end_run(&mut self, why: RunEnd) {
+        if self.run.is_some() {
+            self.dispatch(Output::End(why));
+        }
+    }
+}
