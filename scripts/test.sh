@@ -81,6 +81,11 @@ for codec in H264 VP8 VP9 AV1; do
     WHIPCORD_STREAM=browser-$codec WHIPCORD_CODEC=$codec \
     timeout 120 node tests/browser/check_recording.mjs
 done
+# LL-HLS in a real browser: Chromium publishes its fake camera over WHIP
+# and plays /hls/{stream}/ with the bundled hls.js (screenshot kept).
+WHIPCORD_URL=http://127.0.0.1:18480 ARTIFACTS_DIR=$ARTIFACTS/browser-hls \
+  WHIPCORD_STREAM=browser-hls WHIPCORD_PUBLISH=1 WHIPCORD_MEASURE_LATENCY=1 \
+  timeout 150 node tests/browser/hls_player.mjs
 kill $GW; wait $GW 2>/dev/null || true
 trap - EXIT
 

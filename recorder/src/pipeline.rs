@@ -242,6 +242,20 @@ impl FramePipeline {
 
     /// Frames dropped so far because of loss (damaged, or waiting for a
     /// keyframe).
+    /// The publisher's wall clock at the current run's time zero, when the
+    /// run is timed by sender reports (their NTP times are the
+    /// publisher's wall clock); `None` for arrival timing or no run.
+    pub fn run_origin_wall_clock(&self) -> Option<std::time::SystemTime> {
+        /// Seconds from the NTP epoch (1900) to the Unix epoch (1970).
+        const NTP_UNIX_OFFSET_NS: i64 = 2_208_988_800 * 1_000_000_000;
+        if self.timing? != Timing::SenderReports {
+            return None;
+        }
+        let unix_ns = self.run.as_ref()?.origin_ns - NTP_UNIX_OFFSET_NS;
+        let unix_ns = u64::try_from(unix_ns).ok()?;
+        Some(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(unix_ns))
+    }
+
     pub fn dropped_frames(&self) -> u64 {
         self.retired_dropped
             + self

@@ -29,6 +29,10 @@ use crate::hub::subscriber::{self, SubscriberSender};
 use crate::stream_name::StreamName;
 pub use targets::{NewTarget, TargetError, TargetId};
 
+/// How often a keyframe is asked for while a stream has HLS: segments of
+/// about two seconds.
+pub const HLS_KEYFRAME_INTERVAL: Duration = Duration::from_secs(2);
+
 /// On-demand HLS stops after this long without a request.
 const HLS_IDLE: Duration = Duration::from_secs(60);
 
@@ -206,6 +210,13 @@ impl Bridge {
             .get(stream)
             .and_then(|e| e.store.clone())
             .filter(|s| !s.is_closed())
+    }
+
+    /// Whether `stream`'s publisher should be asked for a keyframe every
+    /// [`HLS_KEYFRAME_INTERVAL`]: HLS segments start at keyframes, and
+    /// browsers send one only when asked.
+    pub fn wants_keyframes(&self, stream: &StreamName) -> bool {
+        self.hls_store(stream).is_some()
     }
 
     /// Whether `stream` should have an HLS muxer now.

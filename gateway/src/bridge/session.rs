@@ -109,6 +109,10 @@ struct Session {
     /// The latest frame time of the run, to place a muxer that starts
     /// mid-run on the wall clock.
     run_time_ns: i64,
+    /// The publisher's wall clock at the run's time zero (from sender
+    /// reports), for HLS's `EXT-X-PROGRAM-DATE-TIME`: capture time, not
+    /// the later time the frames reached us.
+    run_origin: Option<SystemTime>,
     /// Targets that have been sent the current run's start.
     fed: HashSet<TargetId>,
     scratch: Vec<Output>,
@@ -137,6 +141,7 @@ impl Session {
             hls: None,
             hls_transcoded: false,
             run_time_ns: 0,
+            run_origin: None,
             fed: HashSet::new(),
             scratch: Vec::new(),
             scratch2: Vec::new(),
@@ -180,7 +185,7 @@ impl Session {
             // Joining mid-run: the run's time zero lies that far back.
             let elapsed = Duration::from_nanos(u64::try_from(self.run_time_ns).unwrap_or(0));
             muxer.push(Output::Start(start.clone()));
-            muxer.set_wall_clock_anchor(SystemTime::now() - elapsed);
+            muxer.set_wall_clock_anchor(self.run_origin.unwrap_or(SystemTime::now() - elapsed));
         }
         info!(stream = %self.stream, "HLS started");
         self.bridge.set_hls_store(&self.stream, Some(muxer.store()));
@@ -306,6 +311,9 @@ impl Session {
 
     fn drain_pipeline(&mut self) {
         while let Some(output) = self.pipeline.pop() {
+            if matches!(output, Output::Start(_)) {
+                self.run_origin = plausible(self.pipeline.run_origin_wall_clock());
+            }
             self.dispatch(output);
         }
     }
@@ -342,6 +350,9 @@ impl Session {
         if !self.hls_transcoded
             && let Some(muxer) = &mut self.hls
         {
+            if starting && let Some(origin) = self.run_origin {
+                muxer.set_wall_clock_anchor(origin);
+            }
             muxer.push(output.clone());
         }
         let transcoding = self.video.is_some();
@@ -386,6 +397,9 @@ impl Session {
             if self.hls_transcoded
                 && let Some(muxer) = &mut self.hls
             {
+                if starting && let Some(origin) = self.run_origin {
+                    muxer.set_wall_clock_anchor(origin);
+                }
                 muxer.push(output.clone());
             }
             for target in self.targets.iter().filter(|t| t.transcode) {
@@ -408,4 +422,17 @@ impl Session {
             self.dispatch(Output::End(why));
         }
     }
+}
+
+/// A publisher's wall clock we can put in playlists: within ten seconds of
+/// ours (a publisher with a wrong clock gets arrival times instead).
+fn plausible(origin: Option<SystemTime>) -> Option<SystemTime> {
+    let origin = origin?;
+    let now = SystemTime::now();
+    let skew = match now.duration_since(origin) {
+        Ok(behind) => behind,
+        Err(ahead) => ahead.duration(),
+    };
+    // The run began at most a few seconds ago (its first keyframe).
+    (skew < Duration::from_secs(10)).then_some(origin)
 }

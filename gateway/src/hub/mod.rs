@@ -84,6 +84,8 @@ pub struct Stream {
     pub last_media: Instant,
     pub packets_in: u64,
     pub bytes_in: u64,
+    /// When a keyframe was last asked for on HLS's behalf.
+    pub keyframe_forced_at: Option<Instant>,
 }
 
 impl Stream {
@@ -100,6 +102,7 @@ impl Stream {
             last_media: now,
             packets_in: 0,
             bytes_in: 0,
+            keyframe_forced_at: None,
         }
     }
 

@@ -36,9 +36,9 @@ pub struct HlsConfig {
     /// A segment ends at the first video keyframe after this much media
     /// (audio only: at the first audio frame after it).
     pub segment_min: Duration,
-    /// `EXT-X-TARGETDURATION`, fixed for the playlist's life. A segment
-    /// whose GOP runs longer is cut here on a non-keyframe (see
-    /// [`Muxer`]), so every `EXTINF` rounds to at most this.
+    /// The least `EXT-X-TARGETDURATION`. Segments end only at keyframes,
+    /// so a longer GOP makes longer segments and the playlist's target
+    /// grows to cover them (see [`Muxer`]).
     pub target_duration_secs: u32,
     /// Complete segments listed in the playlist.
     pub window_segments: usize,

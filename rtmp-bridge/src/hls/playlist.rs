@@ -51,6 +51,7 @@ const VERSION: u32 = 9;
 /// The playlist text, or `None` while no segment is complete.
 pub(crate) fn render(
     config: &HlsConfig,
+    target_secs: u32,
     segments: &VecDeque<Segment>,
     open: &OpenSegment,
 ) -> Option<String> {
@@ -67,7 +68,7 @@ pub(crate) fn render(
          #EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={hold}\n\
          #EXT-X-PART-INF:PART-TARGET={part}\n\
          #EXT-X-MEDIA-SEQUENCE:{msn}\n",
-        target = config.target_duration_secs,
+        target = target_secs,
         hold = millis(part_target_ms * 3),
         part = millis(part_target_ms),
         msn = first.msn,

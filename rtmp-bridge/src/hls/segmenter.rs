@@ -9,13 +9,14 @@
 //!   segment boundary. Each part is one [`Fragmenter::cut`]: `moof` +
 //!   `mdat` with every track's samples.
 //! - **segments** end before the first video keyframe at least
-//!   `segment_min` after the segment's start, so they start with a
-//!   keyframe. A GOP longer than the target duration is cut there anyway,
-//!   on a non-keyframe: `EXT-X-TARGETDURATION` must not change during the
-//!   playlist's life and every `EXTINF` must round to at most it, and a
-//!   segment that does not start with a keyframe still decodes after the
-//!   one before it (its first part just is not `INDEPENDENT`). Audio only:
-//!   before the first audio frame at least `segment_min` in.
+//!   `segment_min` after the segment's start, so every segment starts with
+//!   a keyframe: hls.js stalls on segments that do not (tried: cutting a
+//!   long GOP at the target duration on a delta frame froze playback in
+//!   Chromium). A GOP longer than the target duration makes longer
+//!   segments, and `EXT-X-TARGETDURATION` grows to cover them; the gateway
+//!   asks browsers for a keyframe every two seconds while HLS runs, so
+//!   this is for encoders with a long fixed GOP. Audio only: before the
+//!   first audio frame at least `segment_min` in.
 //!
 //! Runs (see [`recorder::pipeline`]): each run gets its own `Fragmenter`
 //! and init segment (the codecs or picture size may change), and its
@@ -62,6 +63,10 @@ pub enum MuxerState {
 /// The run being muxed.
 struct Run {
     fragmenter: Fragmenter,
+    /// The video configuration of the init segment in use: a keyframe
+    /// with another (a browser raising its resolution) starts a new init.
+    video_config: Option<VideoConfig>,
+    audio_config: Option<AudioTrackConfig>,
     video_track: Option<usize>,
     audio_track: Option<usize>,
     /// The run's time zero on the store's media timeline.
@@ -95,8 +100,7 @@ impl Run {
         let segment_min = nanos(config.segment_min);
         let end_segment = segment_len > 0
             && if self.video_track.is_some() {
-                (keyframe && segment_len.saturating_add(KEYFRAME_SLACK_NS) >= segment_min)
-                    || segment_len >= nanos(config.target_duration())
+                keyframe && segment_len.saturating_add(KEYFRAME_SLACK_NS) >= segment_min
             } else {
                 segment_len >= segment_min
             };
@@ -245,10 +249,9 @@ impl Muxer {
         if video.is_none() && audio.is_none() {
             return self.fail("the stream has nothing HLS can carry".into());
         }
-        let fragmenter = match Fragmenter::new(
-            video.as_ref().map(|(_, config)| config.clone()),
-            audio.map(|(_, config)| config),
-        ) {
+        let video_config = video.as_ref().map(|(_, config)| config.clone());
+        let audio_config = audio.map(|(_, config)| config);
+        let fragmenter = match Fragmenter::new(video_config.clone(), audio_config) {
             Ok(f) => f,
             Err(e) => return self.fail(format!("cannot mux the stream for HLS: {e}")),
         };
@@ -260,6 +263,8 @@ impl Muxer {
         info!(run = run_number, state = ?self.state, "HLS run started");
         self.run = Some(Run {
             fragmenter,
+            video_config,
+            audio_config,
             video_track: video.map(|(track, _)| track),
             audio_track: audio.map(|(track, _)| track),
             offset_ns: self.timeline_end_ns,
@@ -277,6 +282,7 @@ impl Muxer {
             return;
         };
         let known = run.video_track == Some(track) || run.audio_track == Some(track);
+
         let Ok(time_ns) = u64::try_from(time_ns) else {
             self.ignored_frames += 1;
             return;
@@ -285,9 +291,20 @@ impl Muxer {
             self.ignored_frames += 1;
             return;
         }
+        let keyframe = frame.keyframe && frame.codec.kind() == MediaKind::Video;
+        if keyframe
+            && run.video_track == Some(track)
+            && let Some(config) = VideoConfig::from_keyframe(frame)
+            && run.video_config.as_ref().is_some_and(|c| *c != config)
+        {
+            self.new_init(config);
+        }
+        let Some(run) = self.run.as_mut() else {
+            self.ignored_frames += 1;
+            return;
+        };
         let t = run.offset_ns.saturating_add(time_ns);
         let lead = run.is_lead(track);
-        let keyframe = frame.keyframe && frame.codec.kind() == MediaKind::Video;
         let (end_part, end_segment) = if lead {
             run.boundary(&self.config, t, keyframe)
         } else {
@@ -339,6 +356,52 @@ impl Muxer {
         if end_segment || run.segment_start_ns.is_none() {
             run.segment_start_ns = Some(t);
         }
+    }
+
+    /// The video's parameters changed mid-run (resolution, profile): the
+    /// segment in progress ends, and the next starts at this keyframe
+    /// after a discontinuity with a new init segment. Players cannot take
+    /// new parameter sets under the old `avcC`/`hvcC` (MSE stalls), so the
+    /// run goes on on the same timeline with a new init.
+    fn new_init(&mut self, config: VideoConfig) {
+        let Some(old) = self.run.as_ref() else {
+            return;
+        };
+        let (video_track, audio_track, audio_config, offset_ns, anchor) = (
+            old.video_track,
+            old.audio_track,
+            old.audio_config,
+            old.offset_ns,
+            old.anchor,
+        );
+        info!(
+            width = config.width,
+            height = config.height,
+            "HLS: video parameters changed: new init segment"
+        );
+        self.end_run();
+        let fragmenter = match Fragmenter::new(Some(config.clone()), audio_config) {
+            Ok(f) => f,
+            Err(e) => return self.fail(format!("cannot mux the stream for HLS: {e}")),
+        };
+        self.store.begin_run(fragmenter.init());
+        self.state = MuxerState::Live {
+            video: Some(config.codec),
+            audio: audio_config.map(|a| a.codec()),
+        };
+        self.run = Some(Run {
+            fragmenter,
+            video_config: Some(config),
+            audio_config,
+            video_track,
+            audio_track,
+            offset_ns,
+            anchor,
+            part_start_ns: None,
+            segment_start_ns: None,
+            last_lead_ns: None,
+            lead_interval_ns: 0,
+        });
     }
 
     /// Flushes the run's last samples as the last part of its last segment.

@@ -101,12 +101,27 @@ struct Inner {
     /// Rendered after every change; `None` until the first segment is
     /// complete (FFmpeg and hls.js want a segment to start from).
     playlist: Option<String>,
+    /// `EXT-X-TARGETDURATION` so far.
+    target_secs: u32,
     stats: StoreStats,
 }
 
 impl Inner {
     fn rerender(&mut self) {
-        self.playlist = playlist::render(&self.config, &self.segments, &self.open);
+        // Segments end only at keyframes, so a GOP longer than the
+        // configured target makes longer segments; the target grows to
+        // cover them (never shrinks: players may hold the old value).
+        let longest = self
+            .segments
+            .iter()
+            .map(|s| (s.duration_ns + 500_000_000) / 1_000_000_000)
+            .max()
+            .unwrap_or(0);
+        self.target_secs = self
+            .target_secs
+            .max(u32::try_from(longest).unwrap_or(u32::MAX));
+        self.playlist =
+            playlist::render(&self.config, self.target_secs, &self.segments, &self.open);
         let open_bytes: usize = self.open.parts.iter().map(|p| p.data.len()).sum();
         let segment_bytes: usize = self.segments.iter().map(|s| s.data.len()).sum();
         let init_bytes: usize = self.inits.iter().map(|(_, i)| i.len()).sum();
@@ -344,6 +359,7 @@ impl Store {
                     open: OpenSegment::new(0),
                     last_media: None,
                     playlist: None,
+                    target_secs: config.target_duration_secs,
                     stats: StoreStats::default(),
                 }),
                 version,

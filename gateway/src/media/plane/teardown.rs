@@ -81,6 +81,30 @@ impl Plane {
         }
     }
 
+    /// Asks the publishers of streams with HLS for a keyframe every
+    /// [`HLS_KEYFRAME_INTERVAL`](crate::bridge::HLS_KEYFRAME_INTERVAL).
+    fn force_keyframes(&mut self, now: Instant) {
+        let mut due = Vec::new();
+        for stream in self.hub.streams_mut() {
+            if stream.publisher.is_none() || !self.bridge.wants_keyframes(&stream.name) {
+                continue;
+            }
+            if stream
+                .keyframe_forced_at
+                .is_some_and(|at| now.duration_since(at) < crate::bridge::HLS_KEYFRAME_INTERVAL)
+            {
+                continue;
+            }
+            stream.keyframe_forced_at = Some(now);
+            due.push((stream.name.clone(), stream.tracks.len()));
+        }
+        for (name, tracks) in due {
+            for track in 0..tracks {
+                self.request_keyframe(&name, track, now);
+            }
+        }
+    }
+
     pub(super) fn tick(&mut self, now: Instant) {
         let media_timeout = Duration::from_secs(self.config.media_timeout_secs);
         let mut silent = Vec::new();
@@ -95,6 +119,7 @@ impl Plane {
         for key in silent {
             self.remove_peer(key, now, "no media from publisher");
         }
+        self.force_keyframes(now);
         let stale: Vec<PeerKey> = self
             .peers
             .values()
