@@ -24,17 +24,12 @@ command -v npm >/dev/null 2>&1 || need+=(npm)
 { [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1; } || need+=(nginx)
 [ -e /usr/lib/nginx/modules/ngx_rtmp_module.so ] || need+=(libnginx-mod-rtmp)
 [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
-# Build dependencies of the in-process transcoder (ffmpeg-next binds
-# FFmpeg's libraries through bindgen, which needs libclang).
-for pkg in libavcodec-dev libavformat-dev libavutil-dev libswresample-dev libswscale-dev \
-  clang libclang-dev pkg-config; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
-done
+# The libraries the gateway links (FFmpeg for the transcoder).
+. scripts/build-deps.sh
+mapfile -t -O "${#need[@]}" need < <(missing_build_deps)
 if ((${#need[@]})); then
   step "apt-get install ${need[*]}"
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+  apt_install "${need[@]}"
 fi
 if ! command -v cargo-nextest >/dev/null 2>&1; then
   step "cargo install cargo-nextest"

@@ -137,6 +137,27 @@ async fn restream_to(tls: bool) -> Result<()> {
         live["url"].as_str().is_some_and(|u| !u.contains(KEY)),
         "{live}"
     );
+    // The stream listing carries the target and the transcoder's figures,
+    // for the admin panel.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let streams = api.get("/api/streams").await?.json()?;
+    let cam = streams["streams"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == "cam"))
+        .with_context(|| format!("no cam in {streams}"))?;
+    ensure!(cam["restreams"][0]["state"] == "live", "{cam}");
+    ensure!(
+        cam["restreams"][0]["bitrate_bps"].as_u64() > Some(100_000),
+        "{cam}"
+    );
+    ensure!(
+        cam["transcode"]["aac_frames_out"].as_u64() > Some(0),
+        "{cam}"
+    );
+    ensure!(
+        cam["transcode"]["audio_cpu_s"].as_f64() > Some(0.0),
+        "{cam}"
+    );
     let sent = runner.await??;
     assert_eq!(p.delete().await?, 200, "WHIP DELETE");
     let idle = wait_state(&api, 1, "idle", Duration::from_secs(10)).await?;

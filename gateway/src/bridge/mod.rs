@@ -55,6 +55,21 @@ struct Inner {
     /// Video transcodes running now, against `config.transcode_max`.
     transcodes: AtomicUsize,
     hls: Mutex<HashMap<StreamName, HlsEntry>>,
+    /// Each running session's transcoder figures, for the API.
+    transcode_stats: Mutex<HashMap<StreamName, TranscodeFigures>>,
+}
+
+/// A session's transcoding, as the API shows it.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct TranscodeFigures {
+    /// Thread CPU time spent in Opus→AAC since the session started.
+    pub audio_cpu_s: f64,
+    /// Thread CPU time spent in video → H264 (0 without a transcode).
+    pub video_cpu_s: f64,
+    pub aac_frames_out: u64,
+    pub h264_frames_out: u64,
+    /// Whether a video transcode runs now.
+    pub video_active: bool,
 }
 
 /// A stream's HLS as the HTTP layer sees it.
@@ -87,6 +102,7 @@ impl Bridge {
                 sessions: Mutex::new(HashMap::new()),
                 transcodes: AtomicUsize::new(0),
                 hls: Mutex::new(HashMap::new()),
+                transcode_stats: Mutex::new(HashMap::new()),
             }),
         };
         for restream in &config.restreams {
@@ -267,6 +283,32 @@ impl Bridge {
             }
             None => serde_json::json!({ "active": false }),
         }
+    }
+
+    fn set_transcode_figures(&self, stream: &StreamName, figures: Option<TranscodeFigures>) {
+        let mut stats = self
+            .inner
+            .transcode_stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match figures {
+            Some(f) => {
+                stats.insert(stream.clone(), f);
+            }
+            None => {
+                stats.remove(stream);
+            }
+        }
+    }
+
+    /// The transcoding figures of `stream`'s session, if it runs.
+    pub fn transcode_figures(&self, stream: &StreamName) -> Option<TranscodeFigures> {
+        self.inner
+            .transcode_stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(stream)
+            .copied()
     }
 
     /// Tries to take one of the server's video transcode slots.

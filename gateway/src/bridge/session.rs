@@ -67,6 +67,7 @@ pub fn run(context: SessionContext, events: SubscriberReceiver) {
         }
         session.pipeline.tick(now);
         session.drain_pipeline();
+        session.report(now);
         if ended {
             context.ended.store(true, Ordering::Release);
             break;
@@ -80,6 +81,7 @@ pub fn run(context: SessionContext, events: SubscriberReceiver) {
     session.drain_pipeline();
     session.end_run(RunEnd::Finished);
     session.stop_hls();
+    context.bridge.set_transcode_figures(&context.stream, None);
     info!(stream = %context.stream, "bridge session ended");
     context
         .bridge
@@ -115,6 +117,10 @@ struct Session {
     run_origin: Option<SystemTime>,
     /// Targets that have been sent the current run's start.
     fed: HashSet<TargetId>,
+    /// Video transcoding time of the stages that have ended.
+    video_cpu_done: Duration,
+    video_frames_done: u64,
+    last_report: Option<Instant>,
     scratch: Vec<Output>,
     scratch2: Vec<Output>,
 }
@@ -143,11 +149,49 @@ impl Session {
             run_time_ns: 0,
             run_origin: None,
             fed: HashSet::new(),
+            video_cpu_done: Duration::ZERO,
+            video_frames_done: 0,
+            last_report: None,
             scratch: Vec::new(),
             scratch2: Vec::new(),
         };
         session.refresh_targets();
         session
+    }
+
+    /// Publishes the transcoders' figures for the API, once a second.
+    fn report(&mut self, now: Instant) {
+        if self
+            .last_report
+            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.last_report = Some(now);
+        let (video_cpu, video_frames) = match &self.video {
+            Some(stage) => (
+                stage.transcoder.cpu_time(),
+                stage.transcoder.stats().h264_frames_out,
+            ),
+            None => (Duration::ZERO, 0),
+        };
+        let figures = super::TranscodeFigures {
+            audio_cpu_s: self.audio.cpu_time().as_secs_f64(),
+            video_cpu_s: (self.video_cpu_done + video_cpu).as_secs_f64(),
+            aac_frames_out: self.audio.stats().aac_frames_out,
+            h264_frames_out: self.video_frames_done + video_frames,
+            video_active: self.video.is_some(),
+        };
+        self.bridge
+            .set_transcode_figures(&self.stream, Some(figures));
+    }
+
+    /// Keeps an ending video stage's figures in the totals.
+    fn retire_video_stage(&mut self) {
+        if let Some(stage) = self.video.take() {
+            self.video_cpu_done += stage.transcoder.cpu_time();
+            self.video_frames_done += stage.transcoder.stats().h264_frames_out;
+        }
     }
 
     /// Whether the session should run on without targets (HLS).
@@ -375,7 +419,7 @@ impl Session {
         if ending {
             self.run = None;
             // A new run may not need a transcode; its start decides.
-            self.video = None;
+            self.retire_video_stage();
         }
     }
 

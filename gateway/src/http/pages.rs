@@ -85,6 +85,8 @@ async fn list_streams(state: web::Data<AppState>) -> HttpResponse {
                         value["restreams"] =
                             serde_json::json!(state.bridge.targets().list(Some(&name)));
                         value["hls"] = state.bridge.hls_status(&name);
+                        value["transcode"] =
+                            serde_json::json!(state.bridge.transcode_figures(&name));
                     }
                     value
                 })
