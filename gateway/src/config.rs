@@ -170,6 +170,10 @@ pub struct Cli {
     /// until a minute without requests), `always` or `off` [default: on-demand].
     #[arg(long, env = "WHIPCORD_HLS")]
     pub hls: Option<HlsMode>,
+
+    /// On-demand HLS stops after this many seconds without a request [default: 60].
+    #[arg(long, env = "WHIPCORD_HLS_IDLE_SECS")]
+    pub hls_idle_secs: Option<u64>,
 }
 
 /// `--restream STREAM=URL`.
@@ -288,6 +292,7 @@ pub struct Config {
     pub transcode_max: usize,
     pub transcode_bitrate_kbps: u32,
     pub hls: HlsMode,
+    pub hls_idle_secs: u64,
     #[serde(rename = "stream")]
     pub streams: Vec<StreamConfig>,
 }
@@ -323,6 +328,7 @@ impl Default for Config {
             transcode_max: 1,
             transcode_bitrate_kbps: 2500,
             hls: HlsMode::OnDemand,
+            hls_idle_secs: 60,
             streams: Vec::new(),
         }
     }
@@ -471,6 +477,9 @@ impl Config {
         if let Some(v) = cli.hls {
             self.hls = v;
         }
+        if let Some(v) = cli.hls_idle_secs {
+            self.hls_idle_secs = v;
+        }
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -514,6 +523,9 @@ impl Config {
                     restream.stream
                 )));
             }
+        }
+        if self.hls_idle_secs == 0 {
+            return Err(ConfigError::Invalid("hls_idle_secs must be > 0".into()));
         }
         if !(8..=512).contains(&self.aac_bitrate_kbps) {
             return Err(ConfigError::Invalid(

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use whipcord_tests::api::{Api, Reply};
 use whipcord_tests::client::{PublishOptions, Publisher};
-use whipcord_tests::gateway::Gateway;
+use whipcord_tests::gateway::{Gateway, GatewayOptions};
 use whipcord_tests::synth::VideoCodec;
 
 async fn publish(gw: &Gateway, stream: &str, codec: VideoCodec) -> Result<Arc<Publisher>> {
@@ -240,5 +240,52 @@ async fn player_page_and_hls_js_are_served() -> Result<()> {
         text(&watch).contains("/hls/"),
         "no HLS link on the watch page"
     );
+    Ok(())
+}
+
+/// `/api/streams`' HLS figures of `stream`.
+async fn hls_status(api: &Api, stream: &str) -> Result<serde_json::Value> {
+    let streams = api.get("/api/streams").await?.json()?;
+    streams["streams"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == stream))
+        .map(|s| s["hls"].clone())
+        .with_context(|| format!("no {stream} in {streams}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hls_runs_only_while_requested() -> Result<()> {
+    let gw = Gateway::start_with(GatewayOptions::default().arg("--hls-idle-secs").arg("3")).await?;
+    let api = Api::new(&gw);
+    let p = publish(&gw, "cam", VideoCodec::H264).await?;
+    let runner = p.spawn_run_media(Duration::from_secs(14));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ensure!(
+        hls_status(&api, "cam").await?["active"] == false,
+        "HLS before any request"
+    );
+    let reply = api.get("/hls/cam/index.m3u8").await?;
+    ensure!(reply.status == 200, "{}", reply.status);
+    let active = hls_status(&api, "cam").await?;
+    ensure!(active["active"] == true, "{active}");
+    ensure!(active["playlists_served"].as_u64() >= Some(1), "{active}");
+    // No more requests: it stops after the idle time (3 s here).
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        if hls_status(&api, "cam").await?["active"] == false {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "HLS still running without requests"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    ensure!(gw.log_text().contains("HLS stopped"));
+    // And a new request starts it again.
+    let again = api.get("/hls/cam/index.m3u8").await?;
+    ensure!(again.status == 200, "{}", again.status);
+    runner.await??;
+    p.delete().await?;
     Ok(())
 }

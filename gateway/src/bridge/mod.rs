@@ -33,9 +33,6 @@ pub use targets::{NewTarget, TargetError, TargetId};
 /// about two seconds.
 pub const HLS_KEYFRAME_INTERVAL: Duration = Duration::from_secs(2);
 
-/// On-demand HLS stops after this long without a request.
-const HLS_IDLE: Duration = Duration::from_secs(60);
-
 /// Hub events queued per bridge session before the oldest are dropped
 /// (several seconds of a high-bitrate stream).
 const QUEUE_CAPACITY: usize = 16_384;
@@ -235,6 +232,11 @@ impl Bridge {
         self.hls_store(stream).is_some()
     }
 
+    /// On-demand HLS stops after this long without a request.
+    fn hls_idle(&self) -> Duration {
+        Duration::from_secs(self.inner.config.hls_idle_secs)
+    }
+
     /// Whether `stream` should have an HLS muxer now.
     fn hls_wanted(&self, stream: &StreamName) -> bool {
         match self.inner.config.hls {
@@ -244,7 +246,7 @@ impl Bridge {
                 .hls()
                 .get(stream)
                 .and_then(|e| e.last_request)
-                .is_some_and(|t| t.elapsed() < HLS_IDLE),
+                .is_some_and(|t| t.elapsed() < self.hls_idle()),
         }
     }
 
@@ -258,8 +260,9 @@ impl Bridge {
                     entry.store = None;
                 }
                 // Forget streams nobody asked for in a while.
+                let idle = self.hls_idle();
                 hls.retain(|_, e| {
-                    e.store.is_some() || e.last_request.is_some_and(|t| t.elapsed() < HLS_IDLE)
+                    e.store.is_some() || e.last_request.is_some_and(|t| t.elapsed() < idle)
                 });
             }
         }

@@ -205,7 +205,7 @@ impl Session {
         let wanted = self.bridge.hls_wanted(&self.stream);
         if !wanted {
             if self.hls.is_some() {
-                info!(stream = %self.stream, "HLS stopped: no requests for a minute");
+                info!(stream = %self.stream, "HLS stopped: no requests lately");
                 self.stop_hls();
             }
             return;
