@@ -174,6 +174,11 @@ pub struct Cli {
     /// On-demand HLS stops after this many seconds without a request [default: 60].
     #[arg(long, env = "WHIPCORD_HLS_IDLE_SECS")]
     pub hls_idle_secs: Option<u64>,
+
+    /// Transcode VP8 video to H264 for HLS (HLS has no VP8), taking one of
+    /// the `--transcode-max` slots [default: false].
+    #[arg(long, env = "WHIPCORD_HLS_TRANSCODE", num_args = 0..=1, default_missing_value = "true")]
+    pub hls_transcode: Option<bool>,
 }
 
 /// `--restream STREAM=URL`.
@@ -233,6 +238,10 @@ pub struct RestreamConfig {
     /// Transcode VP8/VP9/AV1 video to H264 for this target.
     #[serde(default)]
     pub transcode: bool,
+    /// Enhanced RTMP: send H265/AV1/VP9 video and Opus audio as
+    /// published, for destinations that accept them.
+    #[serde(default)]
+    pub enhanced: bool,
     /// Extra CA certificates for this `rtmps://` target.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
@@ -293,6 +302,7 @@ pub struct Config {
     pub transcode_bitrate_kbps: u32,
     pub hls: HlsMode,
     pub hls_idle_secs: u64,
+    pub hls_transcode: bool,
     #[serde(rename = "stream")]
     pub streams: Vec<StreamConfig>,
 }
@@ -329,6 +339,7 @@ impl Default for Config {
             transcode_bitrate_kbps: 2500,
             hls: HlsMode::OnDemand,
             hls_idle_secs: 60,
+            hls_transcode: false,
             streams: Vec::new(),
         }
     }
@@ -460,6 +471,7 @@ impl Config {
                 stream: flag.stream.clone(),
                 url: flag.url.clone(),
                 transcode: false,
+                enhanced: false,
                 ca_file: None,
             }));
         if let Some(v) = &cli.restream_ca_file {
@@ -479,6 +491,9 @@ impl Config {
         }
         if let Some(v) = cli.hls_idle_secs {
             self.hls_idle_secs = v;
+        }
+        if let Some(v) = cli.hls_transcode {
+            self.hls_transcode = v;
         }
     }
 

@@ -34,6 +34,7 @@ mod recover;
 
 pub use faststart::faststart;
 pub use fragment::{AudioTrackConfig, FragmentOut, Fragmenter, TrackRun};
+pub use init::video_config_record;
 pub use recover::recover;
 
 /// Without a keyframe, a video fragment is still closed after this many

@@ -21,6 +21,23 @@ pub struct AudioParams {
     pub sample_rate: u32,
 }
 
+impl AudioParams {
+    /// The Opus identification header (`OpusHead`, RFC 7845 §5.1) for
+    /// these parameters: WebM's CodecPrivate, and E-RTMP's Opus sequence
+    /// start. Mapping family 0 (mono/stereo); pre-skip 0, since WebRTC
+    /// does not signal the encoder's, so nothing is trimmed.
+    pub fn opus_head(&self) -> Vec<u8> {
+        let mut head = b"OpusHead".to_vec();
+        head.push(1); // version
+        head.push(u8::try_from(self.channels).unwrap_or(2));
+        head.extend_from_slice(&0u16.to_le_bytes()); // pre-skip
+        head.extend_from_slice(&self.sample_rate.to_le_bytes());
+        head.extend_from_slice(&0i16.to_le_bytes()); // output gain
+        head.push(0); // mapping family: mono/stereo
+        head
+    }
+}
+
 /// A video track's size and decoder configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VideoConfig {
@@ -758,7 +775,26 @@ fn leb128(data: &[u8]) -> Option<(u64, usize)> {
 }
 
 const OBU_SEQUENCE_HEADER: u8 = 1;
-pub(crate) const OBU_TEMPORAL_DELIMITER: u8 = 2;
+const OBU_TEMPORAL_DELIMITER: u8 = 2;
+
+/// An AV1 temporal unit without its temporal delimiter OBUs: ISOBMFF AV1
+/// §2.4 forbids them in samples, and E-RTMP carries the same samples.
+/// Whatever the OBU parser cannot split stays as it was.
+pub fn strip_av1_temporal_delimiters(data: &Bytes) -> Bytes {
+    if !obus(data).any(|o| o.obu_type == OBU_TEMPORAL_DELIMITER) {
+        return data.clone();
+    }
+    let mut out = Vec::with_capacity(data.len());
+    let mut consumed = 0;
+    for obu in obus(data) {
+        consumed += obu.whole.len();
+        if obu.obu_type != OBU_TEMPORAL_DELIMITER {
+            out.extend_from_slice(obu.whole);
+        }
+    }
+    out.extend_from_slice(data.get(consumed..).unwrap_or_default());
+    Bytes::from(out)
+}
 
 fn av1_config(data: &[u8]) -> Option<VideoConfig> {
     let obu = obus(data).find(|o| o.obu_type == OBU_SEQUENCE_HEADER)?;

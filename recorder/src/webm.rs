@@ -158,7 +158,7 @@ impl<W: Write> WebmRecording<W> {
                 .add_audio_track(a.sample_rate, a.channels, AudioCodecId::Opus, None)
                 .map_err(mux("audio track"))?;
             builder = b
-                .set_codec_private(track, &opus_head(a.channels, a.sample_rate))
+                .set_codec_private(track, &a.opus_head())
                 .map_err(mux("OpusHead"))?;
             audio_track = Some(track);
         }
@@ -205,16 +205,4 @@ impl<W: Write> WebmRecording<W> {
                 detail: "segment could not be finalized".into(),
             })
     }
-}
-
-/// The `OpusHead` codec private data (RFC 7845 §5.1).
-fn opus_head(channels: u32, sample_rate: u32) -> Vec<u8> {
-    let mut head = b"OpusHead".to_vec();
-    head.push(1); // version
-    head.push(u8::try_from(channels).unwrap_or(2));
-    head.extend_from_slice(&0u16.to_le_bytes()); // pre-skip
-    head.extend_from_slice(&sample_rate.to_le_bytes());
-    head.extend_from_slice(&0i16.to_le_bytes()); // output gain
-    head.push(0); // mapping family: mono/stereo
-    head
 }

@@ -1,13 +1,17 @@
 //! FLV tag bodies, the payloads of RTMP audio (type 8), video (type 9) and
 //! data (type 18) messages: H264 as AVC sequence header + NALU packets, AAC
-//! as AudioSpecificConfig + raw frames, and `onMetaData`.
+//! as AudioSpecificConfig + raw frames, and `onMetaData`; and the Enhanced
+//! RTMP (E-RTMP v2, veovera/enhanced-rtmp) bodies for what legacy FLV
+//! cannot name: H265, AV1 and VP9 video, Opus audio, each tagged with its
+//! FourCC.
 //!
 //! The tag header (type, size, timestamp) is not here: RTMP carries those in
 //! its own message header.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use recorder::codec::Codec;
-use recorder::params::{VideoConfig, length_prefixed_nals};
+use recorder::mp4::video_config_record;
+use recorder::params::{VideoConfig, length_prefixed_nals, strip_av1_temporal_delimiters};
 use recorder::rtp::Frame;
 
 use crate::amf0::Amf0Value;
@@ -152,6 +156,241 @@ pub fn aac_raw_frame(frame: &[u8]) -> Bytes {
     b.freeze()
 }
 
+/// A FourCC: how E-RTMP names a codec (in tag headers, `fourCcList`,
+/// and `onMetaData`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FourCc(pub [u8; 4]);
+
+impl FourCc {
+    pub const AV1: FourCc = FourCc(*b"av01");
+    pub const VP9: FourCc = FourCc(*b"vp09");
+    pub const HEVC: FourCc = FourCc(*b"hvc1");
+    pub const AVC: FourCc = FourCc(*b"avc1");
+    pub const OPUS: FourCc = FourCc(*b"Opus");
+    pub const AAC: FourCc = FourCc(*b"mp4a");
+
+    /// The E-RTMP video codec for `codec`, among those we send that way.
+    /// H264 is not here: it goes as legacy AVC, which every server reads.
+    pub fn enhanced_video(codec: Codec) -> Option<FourCc> {
+        match codec {
+            Codec::H265 => Some(FourCc::HEVC),
+            Codec::Av1 => Some(FourCc::AV1),
+            Codec::Vp9 => Some(FourCc::VP9),
+            _ => None,
+        }
+    }
+
+    /// The FourCC as a big-endian number, as `onMetaData`'s
+    /// `videocodecid`/`audiocodecid` carry it (`"Opus"` = 1332770163).
+    pub fn as_u32(self) -> u32 {
+        u32::from_be_bytes(self.0)
+    }
+
+    /// Video codecs whose coded frames carry a composition time offset
+    /// (NAL-unit codecs with B-frames); AV1 and VP frames have none.
+    fn has_composition_time(self) -> bool {
+        self == FourCc::AVC || self == FourCc::HEVC || self.0 == *b"vvc1"
+    }
+}
+
+impl std::fmt::Display for FourCc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&String::from_utf8_lossy(&self.0))
+    }
+}
+
+/// What a publisher in E-RTMP mode announces in `connect`'s `fourCcList`:
+/// every codec it may send on the connection, so AVC and AAC are listed
+/// too although we send them with legacy tags.
+pub const ENHANCED_FOURCC_LIST: [FourCc; 6] = [
+    FourCc::AV1,
+    FourCc::VP9,
+    FourCc::HEVC,
+    FourCc::AVC,
+    FourCc::OPUS,
+    FourCc::AAC,
+];
+
+/// How `onMetaData` names a codec: a legacy FLV id or an E-RTMP FourCC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodecId {
+    Flv(u8),
+    FourCc(FourCc),
+}
+
+impl CodecId {
+    pub fn as_number(self) -> f64 {
+        match self {
+            CodecId::Flv(id) => f64::from(id),
+            CodecId::FourCc(fourcc) => f64::from(fourcc.as_u32()),
+        }
+    }
+}
+
+/// IsExHeader: the top bit of a video tag's first byte; the low nibble is
+/// then a VideoPacketType, not a codec id.
+const VIDEO_EX_HEADER: u8 = 0x80;
+/// SoundFormat 9 (ExHeader): the low nibble is then an AudioPacketType.
+const AUDIO_EX_HEADER: u8 = 9 << 4;
+const EX_SEQUENCE_START: u8 = 0;
+const EX_CODED_FRAMES: u8 = 1;
+const EX_SEQUENCE_END: u8 = 2;
+/// Coded frames whose composition time offset is 0, left off the wire.
+const EX_CODED_FRAMES_X: u8 = 3;
+
+fn ex_video_header(frame_type: u8, packet_type: u8, fourcc: FourCc, capacity: usize) -> BytesMut {
+    let mut b = BytesMut::with_capacity(5 + capacity);
+    b.put_u8(VIDEO_EX_HEADER | frame_type | packet_type);
+    b.put_slice(&fourcc.0);
+    b
+}
+
+/// An E-RTMP video SequenceStart: the codec's configuration record
+/// (`hvcC`, `av1C` payload, or the VPCodecConfigurationRecord).
+pub fn ex_video_sequence_start(fourcc: FourCc, record: &[u8]) -> Bytes {
+    let mut b = ex_video_header(FRAME_KEY, EX_SEQUENCE_START, fourcc, record.len());
+    b.put_slice(record);
+    b.freeze()
+}
+
+/// An E-RTMP video CodedFrames body: one frame, `composition_ms` after its
+/// decode time. For AVC/HEVC a zero offset is sent as CodedFramesX (the
+/// spec's shortcut), otherwise as an SI24; AV1 and VP9 bodies have no
+/// offset field at all, so it is ignored for them.
+pub fn ex_video_coded_frames(
+    fourcc: FourCc,
+    keyframe: bool,
+    composition_ms: i32,
+    data: &[u8],
+) -> Bytes {
+    let frame_type = if keyframe { FRAME_KEY } else { FRAME_INTER };
+    let with_offset = fourcc.has_composition_time() && composition_ms != 0;
+    let packet_type = if fourcc.has_composition_time() && !with_offset {
+        EX_CODED_FRAMES_X
+    } else {
+        EX_CODED_FRAMES
+    };
+    let mut b = ex_video_header(frame_type, packet_type, fourcc, 3 + data.len());
+    if with_offset {
+        // SI24: two's complement in 24 bits, clamped to its range.
+        let cts = composition_ms.clamp(-0x80_0000, 0x7f_ffff);
+        b.put_uint(u64::from(cts as u32 & 0xff_ffff), 3);
+    }
+    b.put_slice(data);
+    b.freeze()
+}
+
+/// An E-RTMP video SequenceEnd: no more frames of this sequence.
+pub fn ex_video_sequence_end(fourcc: FourCc) -> Bytes {
+    ex_video_header(FRAME_KEY, EX_SEQUENCE_END, fourcc, 0).freeze()
+}
+
+fn ex_audio(packet_type: u8, fourcc: FourCc, data: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(5 + data.len());
+    b.put_u8(AUDIO_EX_HEADER | packet_type);
+    b.put_slice(&fourcc.0);
+    b.put_slice(data);
+    b.freeze()
+}
+
+/// An E-RTMP audio SequenceStart; for Opus `header` is the `OpusHead`
+/// identification header (RFC 7845 §5.1).
+pub fn ex_audio_sequence_start(fourcc: FourCc, header: &[u8]) -> Bytes {
+    ex_audio(EX_SEQUENCE_START, fourcc, header)
+}
+
+/// An E-RTMP audio CodedFrames body; for Opus one packet.
+pub fn ex_audio_coded_frames(fourcc: FourCc, data: &[u8]) -> Bytes {
+    ex_audio(EX_CODED_FRAMES, fourcc, data)
+}
+
+/// Turns H265, AV1 or VP9 frames into E-RTMP video bodies: a SequenceStart
+/// before the first keyframe and again whenever a keyframe's configuration
+/// record differs from the last one sent, then one CodedFrames per frame.
+#[derive(Debug)]
+pub struct ExVideoTagger {
+    codec: Codec,
+    fourcc: FourCc,
+    record: Option<Vec<u8>>,
+    config: Option<VideoConfig>,
+}
+
+/// What one frame becomes: at most a SequenceStart and a coded frame, to be
+/// sent in that order with the frame's timestamp.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ExVideoTags {
+    pub sequence_start: Option<Bytes>,
+    pub coded: Option<Bytes>,
+}
+
+impl ExVideoTagger {
+    /// `None` for a codec we do not send as E-RTMP (see
+    /// [`FourCc::enhanced_video`]).
+    pub fn new(codec: Codec) -> Option<Self> {
+        Some(ExVideoTagger {
+            codec,
+            fourcc: FourCc::enhanced_video(codec)?,
+            record: None,
+            config: None,
+        })
+    }
+
+    pub fn fourcc(&self) -> FourCc {
+        self.fourcc
+    }
+
+    /// The bodies for one frame. Frames before the first keyframe with a
+    /// readable configuration produce nothing: nobody could decode them.
+    pub fn push(&mut self, frame: &Frame) -> ExVideoTags {
+        let mut tags = ExVideoTags::default();
+        if frame.codec != self.codec {
+            return tags;
+        }
+        // The record MP4 recordings carry in their sample entry: one
+        // builder for both, so what a server gets is what files get.
+        if frame.keyframe
+            && let Some(config) = VideoConfig::from_keyframe(frame)
+            && let Ok(record) = video_config_record(&config)
+            && self.record.as_ref() != Some(&record)
+        {
+            tags.sequence_start = Some(ex_video_sequence_start(self.fourcc, &record));
+            self.record = Some(record);
+            self.config = Some(config);
+        }
+        if self.record.is_none() {
+            return tags;
+        }
+        let data = match self.codec {
+            // Temporal delimiters are implied by the message boundaries
+            // (like ISOBMFF samples, which forbid them).
+            Codec::Av1 => strip_av1_temporal_delimiters(&frame.data),
+            // H265 comes as length-prefixed NAL units (the hvcC format,
+            // 4-byte lengths as the record says); VP9 as the frame itself.
+            _ => frame.data.clone(),
+        };
+        if !data.is_empty() {
+            // WebRTC video has no B-frames: presentation order is decode
+            // order, so the composition time offset is 0.
+            tags.coded = Some(ex_video_coded_frames(self.fourcc, frame.keyframe, 0, &data));
+        }
+        tags
+    }
+
+    /// The configuration of the last SequenceStart (picture size for
+    /// `onMetaData`).
+    pub fn config(&self) -> Option<&VideoConfig> {
+        self.config.as_ref()
+    }
+
+    /// The SequenceEnd to send before unpublishing, once a SequenceStart
+    /// went out.
+    pub fn sequence_end(&self) -> Option<Bytes> {
+        self.record
+            .is_some()
+            .then(|| ex_video_sequence_end(self.fourcc))
+    }
+}
+
 /// What `onMetaData` announces. Every field is optional: services show
 /// what they get, and a missing audio part means a video-only stream.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -159,11 +398,11 @@ pub struct Metadata {
     pub width: Option<u32>,
     pub height: Option<u32>,
     pub frame_rate: Option<f64>,
-    /// FLV codec id, e.g. [`VIDEO_CODEC_AVC`].
-    pub video_codec_id: Option<u8>,
+    /// E.g. `CodecId::Flv(VIDEO_CODEC_AVC)` or `CodecId::FourCc(FourCc::HEVC)`.
+    pub video_codec_id: Option<CodecId>,
     pub video_kbps: Option<f64>,
-    /// FLV sound format, e.g. [`AUDIO_CODEC_AAC`].
-    pub audio_codec_id: Option<u8>,
+    /// E.g. `CodecId::Flv(AUDIO_CODEC_AAC)` or `CodecId::FourCc(FourCc::OPUS)`.
+    pub audio_codec_id: Option<CodecId>,
     pub audio_sample_rate: Option<u32>,
     pub audio_channels: Option<u8>,
     pub audio_kbps: Option<f64>,
@@ -183,9 +422,9 @@ impl Metadata {
         num("width", self.width.map(f64::from));
         num("height", self.height.map(f64::from));
         num("framerate", self.frame_rate);
-        num("videocodecid", self.video_codec_id.map(f64::from));
+        num("videocodecid", self.video_codec_id.map(CodecId::as_number));
         num("videodatarate", self.video_kbps);
-        num("audiocodecid", self.audio_codec_id.map(f64::from));
+        num("audiocodecid", self.audio_codec_id.map(CodecId::as_number));
         num("audiosamplerate", self.audio_sample_rate.map(f64::from));
         num("audiosamplesize", self.audio_codec_id.map(|_| 16.0));
         num("audiodatarate", self.audio_kbps);
@@ -248,13 +487,74 @@ mod tests {
     }
 
     #[test]
+    fn enhanced_video_bodies() {
+        let start = ex_video_sequence_start(FourCc::HEVC, &[1, 2, 3]);
+        assert_eq!(start.as_ref(), [0x90, b'h', b'v', b'c', b'1', 1, 2, 3]);
+        // HEVC without a composition offset: CodedFramesX, no SI24.
+        let x = ex_video_coded_frames(FourCc::HEVC, true, 0, &[7]);
+        assert_eq!(x.as_ref(), [0x93, b'h', b'v', b'c', b'1', 7]);
+        // With one: CodedFrames and a signed 24-bit offset.
+        let b = ex_video_coded_frames(FourCc::HEVC, false, -2, &[7]);
+        assert_eq!(
+            b.as_ref(),
+            [0xa1, b'h', b'v', b'c', b'1', 0xff, 0xff, 0xfe, 7]
+        );
+        let b = ex_video_coded_frames(FourCc::HEVC, false, 0x100_0000, &[]);
+        assert_eq!(&b[5..8], [0x7f, 0xff, 0xff], "clamped");
+        // AV1 and VP9 frames never carry an offset.
+        let b = ex_video_coded_frames(FourCc::AV1, true, 5, &[9]);
+        assert_eq!(b.as_ref(), [0x91, b'a', b'v', b'0', b'1', 9]);
+        let b = ex_video_coded_frames(FourCc::VP9, false, 0, &[9]);
+        assert_eq!(b.as_ref(), [0xa1, b'v', b'p', b'0', b'9', 9]);
+        assert_eq!(
+            ex_video_sequence_end(FourCc::VP9).as_ref(),
+            [0x92, b'v', b'p', b'0', b'9']
+        );
+    }
+
+    #[test]
+    fn enhanced_audio_bodies_and_codec_ids() {
+        assert_eq!(
+            ex_audio_sequence_start(FourCc::OPUS, b"OpusHead").as_ref(),
+            b"\x90OpusOpusHead"
+        );
+        assert_eq!(
+            ex_audio_coded_frames(FourCc::OPUS, &[0xfc]).as_ref(),
+            b"\x91Opus\xfc"
+        );
+        // The spec's own examples.
+        assert_eq!(CodecId::FourCc(FourCc::OPUS).as_number(), 1332770163.0);
+        assert_eq!(CodecId::FourCc(FourCc::AV1).as_number(), 1635135537.0);
+        assert_eq!(CodecId::Flv(VIDEO_CODEC_AVC).as_number(), 7.0);
+        assert_eq!(FourCc::enhanced_video(Codec::Vp8), None);
+        assert_eq!(FourCc::enhanced_video(Codec::H264), None);
+        assert_eq!(FourCc::HEVC.to_string(), "hvc1");
+    }
+
+    #[test]
+    fn ex_tagger_waits_for_a_keyframe() {
+        // An inter frame first (temporal delimiter, frame OBU): no
+        // configuration yet, so nothing to send and nothing to end.
+        let mut tagger = ExVideoTagger::new(Codec::Av1).unwrap();
+        let inter = Frame {
+            codec: Codec::Av1,
+            timestamp: 0,
+            keyframe: false,
+            data: Bytes::from_static(&[0x12, 0x00, 0x32, 0x01, 0xaa]),
+        };
+        assert_eq!(tagger.push(&inter), ExVideoTags::default());
+        assert!(tagger.sequence_end().is_none());
+        assert!(ExVideoTagger::new(Codec::H264).is_none());
+    }
+
+    #[test]
     fn metadata_names() {
         let m = Metadata {
             width: Some(640),
             height: Some(360),
             frame_rate: Some(30.0),
-            video_codec_id: Some(VIDEO_CODEC_AVC),
-            audio_codec_id: Some(AUDIO_CODEC_AAC),
+            video_codec_id: Some(CodecId::Flv(VIDEO_CODEC_AVC)),
+            audio_codec_id: Some(CodecId::Flv(AUDIO_CODEC_AAC)),
             audio_sample_rate: Some(48000),
             audio_channels: Some(2),
             encoder: Some("Whipcord".into()),

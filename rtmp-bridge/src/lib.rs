@@ -2,7 +2,8 @@
 //!
 //! - [`url`]: `rtmp[s]://host[:port]/app/KEY` targets, key redacted in logs;
 //! - [`amf0`]: the value encoding of RTMP commands and `onMetaData`;
-//! - [`flv`]: FLV tag bodies (AVC/AAC sequence headers and frames, metadata);
+//! - [`flv`]: FLV tag bodies (AVC/AAC sequence headers and frames, metadata)
+//!   and Enhanced RTMP ones (H265/AV1/VP9 video, Opus audio, by FourCC);
 //! - [`rtmp`]: our RTMP client, a sans-IO session plus a tokio publisher;
 //! - [`hls`]: a sans-IO LL-HLS muxer (fMP4 parts and segments) and the
 //!   in-memory store the gateway serves `/hls/{stream}/…` from.

@@ -13,7 +13,7 @@ use common::{
 };
 use recorder::params::VideoConfig;
 use recorder::rtp::Frame;
-use rtmp_bridge::flv::{self, AvcTagger, Metadata};
+use rtmp_bridge::flv::{self, AvcTagger, CodecId, Metadata};
 use rtmp_bridge::{PublishError, RtmpPublisher, RtmpUrl, TlsConfig};
 
 const SECONDS: u32 = 4;
@@ -41,8 +41,8 @@ async fn publish(
             width: Some(config.width),
             height: Some(config.height),
             frame_rate: Some(30.0),
-            video_codec_id: Some(flv::VIDEO_CODEC_AVC),
-            audio_codec_id: has_audio.then_some(flv::AUDIO_CODEC_AAC),
+            video_codec_id: Some(CodecId::Flv(flv::VIDEO_CODEC_AVC)),
+            audio_codec_id: has_audio.then_some(CodecId::Flv(flv::AUDIO_CODEC_AAC)),
             audio_sample_rate: has_audio.then_some(48000),
             audio_channels: has_audio.then_some(2),
             encoder: Some("Whipcord test".into()),

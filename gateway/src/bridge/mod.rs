@@ -110,6 +110,7 @@ impl Bridge {
                         stream,
                         url: restream.url.clone(),
                         transcode: restream.transcode,
+                        enhanced: restream.enhanced,
                         ca_file: restream.ca_file.clone(),
                         from_config: true,
                     })
@@ -235,6 +236,11 @@ impl Bridge {
     /// On-demand HLS stops after this long without a request.
     fn hls_idle(&self) -> Duration {
         Duration::from_secs(self.inner.config.hls_idle_secs)
+    }
+
+    /// Whether VP8 is transcoded for HLS.
+    fn hls_transcode(&self) -> bool {
+        self.inner.config.hls_transcode
     }
 
     /// Whether `stream` should have an HLS muxer now.

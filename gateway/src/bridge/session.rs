@@ -117,6 +117,10 @@ struct Session {
     run_origin: Option<SystemTime>,
     /// Targets that have been sent the current run's start.
     fed: HashSet<TargetId>,
+    /// The run as published, and the Enhanced RTMP targets sent its start:
+    /// they take the stream as it is (Opus, H265/AV1/VP9).
+    original_run: Option<RunStart>,
+    fed_original: HashSet<TargetId>,
     /// Video transcoding time of the stages that have ended.
     video_cpu_done: Duration,
     video_frames_done: u64,
@@ -149,6 +153,8 @@ impl Session {
             run_time_ns: 0,
             run_origin: None,
             fed: HashSet::new(),
+            original_run: None,
+            fed_original: HashSet::new(),
             video_cpu_done: Duration::ZERO,
             video_frames_done: 0,
             last_report: None,
@@ -220,6 +226,19 @@ impl Session {
                 return;
             }
         };
+        // VP8 has no HLS mapping: with `hls_transcode`, HLS takes the
+        // video stage's H264 (started now if no target needed it).
+        if let Some(run) = self.run.clone()
+            && self.hls_needs_transcode(&run)
+            && self.video.is_none()
+        {
+            self.start_video_stage(true);
+        }
+        self.hls_transcoded = self.video.is_some()
+            && self
+                .run
+                .as_ref()
+                .is_some_and(|run| self.hls_needs_transcode(run));
         let start = if self.hls_transcoded {
             self.transcoded_run.as_ref()
         } else {
@@ -281,6 +300,7 @@ impl Session {
             .for_stream(&self.stream, &mut self.targets);
         let current: HashSet<TargetId> = self.targets.iter().map(|t| t.id).collect();
         self.fed.retain(|id| current.contains(id));
+        self.fed_original.retain(|id| current.contains(id));
         if self.video.is_none()
             && let Some(run) = &self.run
             && self.needs_video_transcode(run)
@@ -288,6 +308,15 @@ impl Session {
             self.start_video_stage(true);
         }
         for target in &self.targets {
+            if target.enhanced {
+                if !self.fed_original.contains(&target.id)
+                    && let Some(start) = &self.original_run
+                {
+                    target.input.push(Output::Start(start.clone()));
+                    self.fed_original.insert(target.id);
+                }
+                continue;
+            }
             if self.fed.contains(&target.id) {
                 continue;
             }
@@ -304,10 +333,18 @@ impl Session {
     }
 
     fn needs_video_transcode(&self, run: &RunStart) -> bool {
-        matches!(
+        (matches!(
             run.video,
             Some((_, Codec::Vp8 | Codec::Vp9 | Codec::Av1, _))
-        ) && self.targets.iter().any(|t| t.transcode)
+        ) && self.targets.iter().any(|t| t.transcode && !t.enhanced))
+            || self.hls_needs_transcode(run)
+    }
+
+    /// HLS is wanted, the video is VP8 and `hls_transcode` is on.
+    fn hls_needs_transcode(&self, run: &RunStart) -> bool {
+        matches!(run.video, Some((_, Codec::Vp8, _)))
+            && self.bridge.hls_transcode()
+            && self.bridge.hls_wanted(&self.stream)
     }
 
     /// Starts the video transcoder; `mid_run`: the run is under way, so
@@ -363,6 +400,7 @@ impl Session {
     }
 
     fn dispatch(&mut self, output: Output) {
+        self.route_original(&output);
         let mut audio_out = std::mem::take(&mut self.scratch);
         audio_out.clear();
         self.audio.push(output, &mut audio_out);
@@ -370,6 +408,30 @@ impl Session {
             self.route(output);
         }
         self.scratch = audio_out;
+    }
+
+    /// Sends the stream as published to the Enhanced RTMP targets.
+    fn route_original(&mut self, output: &Output) {
+        let starting = match output {
+            Output::Start(start) => {
+                self.original_run = Some(start.clone());
+                self.fed_original.clear();
+                true
+            }
+            Output::End(_) => {
+                self.original_run = None;
+                false
+            }
+            Output::Frame { .. } => false,
+        };
+        for target in self.targets.iter().filter(|t| t.enhanced) {
+            if starting {
+                self.fed_original.insert(target.id);
+            } else if !self.fed_original.contains(&target.id) {
+                continue;
+            }
+            target.input.push(output.clone());
+        }
     }
 
     /// Sends one output of the audio stage to the plain targets, and on
@@ -386,7 +448,7 @@ impl Session {
                 if self.video.is_none() && self.needs_video_transcode(start) {
                     self.start_video_stage(false);
                 }
-                self.hls_transcoded = self.video.is_some();
+                self.hls_transcoded = self.video.is_some() && self.hls_needs_transcode(start);
             }
             Output::Frame { time_ns, .. } => self.run_time_ns = self.run_time_ns.max(*time_ns),
             Output::End(_) => {}
@@ -401,7 +463,7 @@ impl Session {
         }
         let transcoding = self.video.is_some();
         for target in &self.targets {
-            if target.transcode && transcoding {
+            if target.enhanced || (target.transcode && transcoding) {
                 continue;
             }
             if starting {
@@ -446,7 +508,7 @@ impl Session {
                 }
                 muxer.push(output.clone());
             }
-            for target in self.targets.iter().filter(|t| t.transcode) {
+            for target in self.targets.iter().filter(|t| t.transcode && !t.enhanced) {
                 if starting {
                     self.fed.insert(target.id);
                 } else if !self.fed.contains(&target.id) {

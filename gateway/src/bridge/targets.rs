@@ -43,6 +43,8 @@ pub struct NewTarget {
     pub stream: StreamName,
     pub url: String,
     pub transcode: bool,
+    /// Enhanced RTMP: H265/AV1/VP9 and Opus go as published.
+    pub enhanced: bool,
     pub ca_file: Option<PathBuf>,
     pub from_config: bool,
 }
@@ -53,6 +55,7 @@ pub struct TargetEntry {
     pub id: TargetId,
     pub stream: StreamName,
     pub transcode: bool,
+    pub enhanced: bool,
     pub from_config: bool,
     pub handle: Target,
     pub input: Arc<TargetInput>,
@@ -108,6 +111,7 @@ impl Registry {
             id
         };
         let mut config = TargetConfig::new(url);
+        config.enhanced = new.enhanced;
         if let Some(ca) = new
             .ca_file
             .clone()
@@ -120,6 +124,7 @@ impl Registry {
             stream = %new.stream,
             url = %config.url,
             transcode = new.transcode,
+            enhanced = new.enhanced,
             "restream target added"
         );
         let (handle, input) = target::spawn(config, &self.inner.runtime);
@@ -127,6 +132,7 @@ impl Registry {
             id,
             stream: new.stream,
             transcode: new.transcode,
+            enhanced: new.enhanced,
             from_config: new.from_config,
             handle,
             input: Arc::new(input),
@@ -211,6 +217,7 @@ pub struct TargetJson {
     /// The URL with its stream key redacted.
     pub url: String,
     pub transcode: bool,
+    pub enhanced: bool,
     /// `config` (from the file or flags) or `api`.
     pub origin: &'static str,
     /// `idle`, `connecting`, `live`, `retrying` or `error`.
@@ -235,6 +242,7 @@ impl TargetJson {
             stream: slot.entry.stream.to_string(),
             url: status.url,
             transcode: slot.entry.transcode,
+            enhanced: slot.entry.enhanced,
             origin: if slot.entry.from_config {
                 "config"
             } else {

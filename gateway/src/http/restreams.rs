@@ -63,6 +63,8 @@ struct CreateBody {
     url: String,
     #[serde(default)]
     transcode: bool,
+    #[serde(default)]
+    enhanced: bool,
 }
 
 async fn create(
@@ -81,6 +83,7 @@ async fn create(
         stream: stream.clone(),
         url: body.url,
         transcode: body.transcode,
+        enhanced: body.enhanced,
         ca_file: None,
         from_config: false,
     });

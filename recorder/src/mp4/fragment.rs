@@ -452,7 +452,7 @@ impl Fragmenter {
     /// so a resolution change decodes (added if the frame lacked them).
     fn sample_data(&self, frame: &Frame) -> Bytes {
         match frame.codec {
-            Codec::Av1 => strip_temporal_delimiters(&frame.data),
+            Codec::Av1 => crate::params::strip_av1_temporal_delimiters(&frame.data),
             Codec::H264 if frame.keyframe => {
                 let has_sps = length_prefixed_nals(&frame.data)
                     .any(|n| n.first().is_some_and(|b| b & 0x1f == 7));
@@ -578,24 +578,6 @@ fn build_moof(
         traf_boxes,
         unknown_boxes: Vec::new(),
     })
-}
-
-fn strip_temporal_delimiters(data: &Bytes) -> Bytes {
-    use crate::params::{OBU_TEMPORAL_DELIMITER, obus};
-    if !obus(data).any(|o| o.obu_type == OBU_TEMPORAL_DELIMITER) {
-        return data.clone();
-    }
-    let mut out = BytesMut::with_capacity(data.len());
-    let mut consumed = 0;
-    for obu in obus(data) {
-        consumed += obu.whole.len();
-        if obu.obu_type != OBU_TEMPORAL_DELIMITER {
-            out.extend_from_slice(obu.whole);
-        }
-    }
-    // Whatever the OBU parser could not split stays as it was.
-    out.extend_from_slice(&data[consumed.min(data.len())..]);
-    out.freeze()
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use shiguredo_mp4::mux::{Fmp4SegmentMuxer, Sample};
 use shiguredo_mp4::{Decode, Encode, FixedPointNumber, TrackKind, Uint};
 
 use super::fragment::{AudioTrackConfig, VIDEO_TIMESCALE};
-use super::{Mp4Error, box_len, encode_err};
+use super::{Mp4Error, box_header, box_len, encode_err};
 use crate::codec::Codec;
 use crate::params::{AudioParams, VideoConfig, VideoDetail};
 
@@ -196,6 +196,34 @@ fn video_sample_entry(config: &VideoConfig) -> Result<SampleEntry, Mp4Error> {
         (other, _) => return Err(Mp4Error::Codec(*other)),
     };
     Ok(entry)
+}
+
+/// The decoder configuration record of `config`'s sample entry, byte for
+/// byte as the init segment carries it, for other formats that carry the
+/// same records (E-RTMP sequence starts): the payload of `avcC`, `hvcC`
+/// or `av1C`; for VP8/VP9 the VPCodecConfigurationRecord, which is the
+/// `vpcC` payload after its FullBox version and flags (what FFmpeg's FLV
+/// muxer writes too).
+pub fn video_config_record(config: &VideoConfig) -> Result<Vec<u8>, Mp4Error> {
+    let (record_box, full_box) = match video_sample_entry(config)? {
+        SampleEntry::Avc1(b) => (b.avcc_box.encode_to_vec(), false),
+        SampleEntry::Hvc1(b) => (b.hvcc_box.encode_to_vec(), false),
+        SampleEntry::Av01(b) => (b.av1c_box.encode_to_vec(), false),
+        SampleEntry::Vp08(b) => (b.vpcc_box.encode_to_vec(), true),
+        SampleEntry::Vp09(b) => (b.vpcc_box.encode_to_vec(), true),
+        _ => return Err(Mp4Error::Codec(config.codec)),
+    };
+    let record_box = record_box.map_err(encode_err)?;
+    let (_, _, header_len) = box_header(&record_box)
+        .ok_or_else(|| Mp4Error::Encode("configuration box without a header".into()))?;
+    // A FullBox's version (1 byte) and flags (3 bytes) are not part of
+    // the record.
+    let skip = header_len + if full_box { 4 } else { 0 };
+    usize::try_from(skip)
+        .ok()
+        .and_then(|skip| record_box.get(skip..))
+        .map(<[u8]>::to_vec)
+        .ok_or_else(|| Mp4Error::Encode("configuration box shorter than its header".into()))
 }
 
 /// A VP codec configuration box. `color_space` is VP9's, mapped to the

@@ -88,6 +88,17 @@ impl RtmpPublisher {
         tls: Option<TlsConfig>,
         limit: Duration,
     ) -> Result<Self, PublishError> {
+        Self::connect_with_config(url, tls, limit, SessionConfig::new(url)).await
+    }
+
+    /// [`connect_with_timeout`](Self::connect_with_timeout) with the
+    /// session's `connect` properties given (e.g. E-RTMP's `fourCcList`).
+    pub async fn connect_with_config(
+        url: &RtmpUrl,
+        tls: Option<TlsConfig>,
+        limit: Duration,
+        session: SessionConfig,
+    ) -> Result<Self, PublishError> {
         let target = url.to_string();
         let tcp = timeout(limit, TcpStream::connect((url.host.as_str(), url.port)))
             .await
@@ -118,7 +129,7 @@ impl RtmpPublisher {
         };
         let (reader, writer) = tokio::io::split(stream);
         let mut publisher = RtmpPublisher {
-            session: Session::new(SessionConfig::new(url)),
+            session: Session::new(session),
             reader,
             writer,
             read_buf: vec![0; 16 * 1024],

@@ -19,7 +19,7 @@ use super::chunk::{ChunkReader, ChunkWriter, Message};
 use super::handshake;
 use super::message::{self as m, CSID_AUDIO, CSID_COMMAND, CSID_CONTROL, CSID_DATA, CSID_VIDEO};
 use crate::amf0::{Amf0Value, decode_all};
-use crate::flv::Metadata;
+use crate::flv::{FourCc, Metadata};
 use crate::url::RtmpUrl;
 
 const TXN_CONNECT: f64 = 1.0;
@@ -45,6 +45,10 @@ pub struct SessionConfig {
     /// Our outgoing chunk size: big enough that most audio frames and
     /// commands fit in one chunk.
     pub chunk_size: u32,
+    /// E-RTMP: the codecs we may send, announced in `connect` as
+    /// `fourCcList` (so the server knows to read ExHeader tags); empty
+    /// for plain RTMP, where the property is left out.
+    pub fourcc_list: Vec<FourCc>,
 }
 
 impl SessionConfig {
@@ -55,6 +59,7 @@ impl SessionConfig {
             key: url.key.clone(),
             flash_ver: "FMLE/3.0 (compatible; Whipcord)".into(),
             chunk_size: 4096,
+            fourcc_list: Vec::new(),
         }
     }
 }
@@ -236,12 +241,22 @@ impl Session {
     fn start_connect(&mut self) -> Result<(), SessionError> {
         self.send(CSID_CONTROL, &m::set_chunk_size(self.config.chunk_size))?;
         self.writer.set_chunk_size(self.config.chunk_size)?;
-        let props = Amf0Value::object([
+        let mut props = vec![
             ("app", Amf0Value::str(self.config.app.clone())),
             ("type", Amf0Value::str("nonprivate")),
             ("flashVer", Amf0Value::str(self.config.flash_ver.clone())),
             ("tcUrl", Amf0Value::str(self.config.tc_url.clone())),
-        ]);
+        ];
+        if !self.config.fourcc_list.is_empty() {
+            // E-RTMP v2 §"Enhancing NetConnection connect Command": a
+            // strict array of FourCC strings.
+            let list = self.config.fourcc_list.iter();
+            props.push((
+                "fourCcList",
+                Amf0Value::StrictArray(list.map(|f| Amf0Value::str(f.to_string())).collect()),
+            ));
+        }
+        let props = Amf0Value::object(props);
         self.send_command(0, "connect", TXN_CONNECT, &[props])?;
         self.state = SessionState::Connecting;
         Ok(())
@@ -568,6 +583,7 @@ mod tests {
             connect[2].get("tcUrl").and_then(Amf0Value::as_str),
             Some("rtmp://127.0.0.1:1935/live")
         );
+        assert_eq!(connect[2].get("fourCcList"), None, "plain RTMP");
 
         server
             .command(
@@ -674,6 +690,30 @@ mod tests {
         s.close().unwrap();
         assert_eq!(names(&server.take(&mut s)), ["FCUnpublish", "deleteStream"]);
         assert_eq!(s.state(), SessionState::Closed);
+    }
+
+    #[test]
+    fn enhanced_connect_lists_fourccs() {
+        let url = RtmpUrl::parse("rtmp://127.0.0.1/live/k").unwrap();
+        let mut config = SessionConfig::new(&url);
+        config.fourcc_list = vec![FourCc::HEVC, FourCc::OPUS];
+        let mut s = Session::new(config);
+        s.poll_output().unwrap(); // C0+C1
+        let mut s012 = vec![3u8];
+        s012.extend(std::iter::repeat_n(0u8, 3072));
+        s.handle_input(&s012).unwrap();
+        let c2 = s.poll_output().unwrap();
+        let mut server = Server::new();
+        server.reader.push(&c2[1536..]);
+        let msgs = server.take(&mut s);
+        let connect = decode_all(&msgs[1].payload).unwrap();
+        assert_eq!(
+            connect[2].get("fourCcList"),
+            Some(&Amf0Value::StrictArray(vec![
+                Amf0Value::str("hvc1"),
+                Amf0Value::str("Opus")
+            ]))
+        );
     }
 
     #[test]
