@@ -289,3 +289,40 @@ async fn hls_runs_only_while_requested() -> Result<()> {
     p.delete().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vp8_is_transcoded_for_hls_when_configured() -> Result<()> {
+    let gw = Gateway::start_with(GatewayOptions::default().arg("--hls-transcode")).await?;
+    let api = Api::new(&gw);
+    let p = publish(&gw, "vp8", VideoCodec::Vp8).await?;
+    let runner = p.spawn_run_media(Duration::from_secs(12));
+    let first = api.get("/hls/vp8/index.m3u8").await?;
+    ensure!(first.status == 200, "{}: {}", first.status, text(&first));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let playlist = text(&api.get("/hls/vp8/index.m3u8").await?);
+    let listed = segments(&playlist);
+    ensure!(!listed.is_empty(), "{playlist}");
+    let init_uri = playlist
+        .lines()
+        .filter_map(|l| l.strip_prefix("#EXT-X-MAP:URI=\""))
+        .next_back()
+        .and_then(|l| l.strip_suffix('"'))
+        .context("no EXT-X-MAP")?
+        .to_owned();
+    let mut media = api.get(&format!("/hls/vp8/{init_uri}")).await?.body;
+    let last = listed.last().context("no segment")?;
+    media.extend_from_slice(&api.get(&format!("/hls/vp8/{last}")).await?.body);
+    let dir = std::env::temp_dir().join(format!("whipcord-hls-vp8-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("segment.mp4");
+    std::fs::write(&file, &media)?;
+    let errors = whipcord_tests::probe::decode_errors(&file)?;
+    ensure!(errors.is_empty(), "{errors}");
+    let info = whipcord_tests::probe::probe(&file)?;
+    ensure!(info.video_codec.as_deref() == Some("h264"), "{info:?}");
+    ensure!(info.audio_codec.as_deref() == Some("aac"), "{info:?}");
+    runner.await??;
+    p.delete().await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

@@ -324,3 +324,39 @@ async fn check_flv_loose(path: &Path, published: f64) -> Result<probe::Probe> {
     );
     Ok(info)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_without_audio_gives_a_video_only_flv() -> Result<()> {
+    let dir = temp_dir("video-only");
+    let mut nginx = Nginx::start(&dir, None);
+    let gw = Gateway::start_with(GatewayOptions::default().arg("--restream").arg(format!(
+        "cam=rtmp://127.0.0.1:{}/live/{KEY}",
+        nginx.rtmp_port
+    )))
+    .await?;
+    let api = Api::new(&gw);
+    let options = PublishOptions {
+        media: Some(whipcord_tests::clip::ClipSpec::video_only(VideoCodec::H264)),
+        ..PublishOptions::default()
+    };
+    let p = Publisher::connect(&gw.base_url(), "cam", options).await?;
+    let sent = p.run_media(Duration::from_secs(5)).await?;
+    assert_eq!(p.delete().await?, 200);
+    let idle = wait_state(&api, 1, "idle", Duration::from_secs(10)).await?;
+    ensure!(idle["audio_frames_sent"] == 0, "{idle}");
+    ensure!(idle["last_error"].is_null(), "{idle}");
+    nginx.stop();
+    let flv = nginx.recording(KEY);
+    let p2 = flv.clone();
+    let errors = tokio::task::spawn_blocking(move || probe::decode_errors(&p2)).await??;
+    ensure!(errors.is_empty(), "{errors}");
+    let info = probe::probe(&flv)?;
+    ensure!(info.video_codec.as_deref() == Some("h264"), "{info:?}");
+    ensure!(info.audio_codec.is_none(), "{info:?}");
+    ensure!(
+        (info.duration - published_secs(&sent)).abs() <= 0.6,
+        "{info:?} vs {sent:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
