@@ -10,37 +10,28 @@
 //
 // Exit code 0 = pass, 1 = failure (reason printed as "FAIL: ...").
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { commonEnv, failNow as fail, pollUntil } from './lib.mjs';
 
-const BASE = (process.env.WHIPCORD_URL || 'http://127.0.0.1:8080').replace(/\/+$/, '');
-const STREAM = process.env.WHIPCORD_STREAM || 'x';
-const CODEC = (process.env.WHIPCORD_CODEC || 'H264').toUpperCase();
-const ARTIFACTS = resolve(process.env.ARTIFACTS_DIR || './artifacts');
+const { base: BASE, stream: STREAM, codec, artifacts: ARTIFACTS } = commonEnv({ defaultStream: 'x' });
+const CODEC = codec.toUpperCase();
 const CONTAINER = { H264: 'mp4', H265: 'mp4', AV1: 'mp4', VP8: 'webm', VP9: 'webm' }[CODEC];
 const FFPROBE_CODEC = { H264: 'h264', H265: 'hevc', AV1: 'av1', VP8: 'vp8', VP9: 'vp9' }[CODEC];
 
-const fail = (msg) => {
-  console.log(`FAIL: ${msg}`);
-  process.exit(1);
-};
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
+// The recording is finalised after the publisher leaves, so it may still be in progress.
 async function completeRecording() {
-  const deadline = Date.now() + 10_000;
   let last = null;
-  while (Date.now() < deadline) {
+  const done = await pollUntil(async () => {
     const res = await fetch(`${BASE}/api/recordings?stream=${encodeURIComponent(STREAM)}`);
     if (res.status !== 200) fail(`GET /api/recordings answered ${res.status}`);
     last = await res.json();
-    const done = last.items.find((i) => i.state === 'complete');
-    if (done) return done;
-    await sleep(200);
-  }
-  fail(`no complete recording of ${STREAM}: ${JSON.stringify(last)}`);
+    return last.items.find((i) => i.state === 'complete');
+  }, { timeoutMs: 10_000, intervalMs: 200 });
+  if (!done) fail(`no complete recording of ${STREAM}: ${JSON.stringify(last)}`);
+  return done;
 }
 
-mkdirSync(ARTIFACTS, { recursive: true });
 const item = await completeRecording();
 if (item.container !== CONTAINER) fail(`${CODEC} recorded as ${item.container}, want ${CONTAINER}`);
 if ((item.video_codec || '').toUpperCase() !== CODEC) fail(`catalog video codec ${item.video_codec}`);

@@ -25,76 +25,30 @@
 //    this is capture-to-player latency minus the publisher's capture-to-RTP delay. Report only,
 //    no assertion. A true glass-to-glass figure would need the publisher to draw the time into
 //    the picture (canvas) and the player to read it back from a decoded frame; not done.
-import { chromium } from 'playwright-core';
-import { mkdirSync, writeFileSync } from 'node:fs';
-import { resolve, join } from 'node:path';
+import {
+  BrowserTest, commonEnv, elapsedS, fail, fillPublishForm, firstLine, gotoOrFail, log, runTest, sleep,
+  startPublishing, waitForHlsPlaying, withToken,
+} from './lib.mjs';
 
-const BASE = (process.env.WHIPCORD_URL || 'http://127.0.0.1:8080').replace(/\/+$/, '');
-const ARTIFACTS = resolve(process.env.ARTIFACTS_DIR || './artifacts');
-const STREAM = process.env.WHIPCORD_STREAM || 'x';
-const TOKEN = process.env.WHIPCORD_TOKEN || '';
+const { base: BASE, artifacts: ARTIFACTS, stream: STREAM, token: TOKEN, codec: CODEC } = commonEnv({ defaultStream: 'x' });
 const PUBLISH = process.env.WHIPCORD_PUBLISH === '1';
-const CODEC = process.env.WHIPCORD_CODEC || 'H264';
 const MEASURE = process.env.WHIPCORD_MEASURE_LATENCY === '1';
 const PLAY_TIMEOUT_MS = 60_000;   // until whipcordHls.state === 'playing'
 const SAMPLE_GAP_MS = 3_000;      // between the two samples
 const MIN_ADVANCE_S = 1.5;        // currentTime must advance at least this much over SAMPLE_GAP_MS
 const OVERALL_TIMEOUT_MS = 120_000;
 
-const t0 = Date.now();
-const log = (...a) => console.log(`[${((Date.now() - t0) / 1000).toFixed(1).padStart(5)}s]`, ...a);
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-class TestFailure extends Error {}
-const fail = (msg) => { throw new TestFailure(msg); };
-const first = (e) => String(e && e.message ? e.message : e).split('\n')[0];
-
-mkdirSync(ARTIFACTS, { recursive: true });
-
-let browser = null;
-const pages = {};
-const consoleLines = [];
+const session = new BrowserTest({ artifacts: ARTIFACTS, logResponse: (url) => /\/(whip|whep|hls)\//.test(url) });
 const report = { base: BASE, stream: STREAM, ok: false, steps: [] };
 
-function attachLogging(page, label) {
-  page.on('console', (m) => consoleLines.push(`[${label}] console.${m.type()}: ${m.text()}`));
-  page.on('pageerror', (e) => consoleLines.push(`[${label}] pageerror: ${e.message}`));
-  page.on('requestfailed', (r) => consoleLines.push(`[${label}] requestfailed: ${r.method()} ${r.url()} ${r.failure()?.errorText || ''}`));
-  page.on('response', (r) => {
-    if (/\/(whip|whep|hls)\//.test(r.url())) consoleLines.push(`[${label}] ${r.request().method()} ${r.url()} -> ${r.status()}`);
-  });
-}
-
-async function screenshot(label, file) {
-  const page = pages[label];
-  if (!page || page.isClosed()) return;
-  try {
-    await page.screenshot({ path: join(ARTIFACTS, file), timeout: 5000 });
-    log(`screenshot ${join(ARTIFACTS, file)}`);
-  } catch (e) {
-    log(`screenshot ${file} failed: ${first(e)}`);
-  }
-}
-
-async function gotoOrFail(page, url) {
-  const r = await page.goto(url, { waitUntil: 'load', timeout: 15_000 })
-    .catch((e) => fail(`cannot load ${url} (is the gateway running?): ${first(e)}`));
-  if (!r || !r.ok()) fail(`GET ${url} returned HTTP ${r ? r.status() : 'no response'}`);
-}
-
-async function publish(newPage) {
-  const pub = await newPage('publish');
+async function publish() {
+  const pub = await session.newPage('publish');
   await gotoOrFail(pub, `${BASE}/publish/${encodeURIComponent(STREAM)}`);
-  await pub.selectOption('#mode', 'camera', { timeout: 5000 });
-  await pub.selectOption('#codec', CODEC, { timeout: 5000 });
-  if (TOKEN) await pub.fill('#token', TOKEN, { timeout: 5000 });
-  await pub.click('#start', { timeout: 5000 });
-  const ok = await pub.waitForFunction(() => {
-    const s = document.querySelector('#state')?.dataset.state;
-    return s === 'connected' ? true : (s === 'error' || s === 'failed') ? s : false;
-  }, null, { timeout: 15_000, polling: 200 }).then((h) => h.jsonValue()).catch((e) => `timeout (${first(e)})`);
-  if (ok !== true) {
+  await fillPublishForm(pub, { codec: CODEC, token: TOKEN });
+  const r = await startPublishing(pub);
+  if (!r.ok) {
     const err = await pub.$eval('#error', (e) => (e.hidden ? '' : e.textContent)).catch(() => '');
-    fail(`publisher did not connect: ${ok} ${err}`);
+    fail(`publisher did not connect: ${r.timeout ? `timeout (${r.timeout})` : r.state} ${err}`);
   }
   log(`publish: ${CODEC} fake camera connected`);
   report.steps.push('publisher connected');
@@ -102,34 +56,13 @@ async function publish(newPage) {
 
 async function run() {
   log(`gateway ${BASE}, stream "${STREAM}", artifacts ${ARTIFACTS}`);
-  browser = await chromium.launch({
-    executablePath: '/usr/bin/chromium',
-    headless: true,
-    timeout: 20_000,
-    args: [
-      '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-      '--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream',
-      '--autoplay-policy=no-user-gesture-required',
-    ],
-  });
-  log(`browser ${browser.version()}`);
+  await session.launch({ fakeMedia: true });
 
-  // Separate contexts -> separate windows, so no page is a throttled background tab.
-  const newPage = async (label) => {
-    const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 } });
-    const page = await ctx.newPage();
-    page.setDefaultTimeout(15_000);
-    attachLogging(page, label);
-    pages[label] = page;
-    return page;
-  };
-
-  if (PUBLISH) await publish(newPage);
+  if (PUBLISH) await publish();
 
   // ---- player ----
-  const page = await newPage('hls');
-  const url = `${BASE}/hls/${encodeURIComponent(STREAM)}/` + (TOKEN ? `?token=${encodeURIComponent(TOKEN)}` : '');
+  const page = await session.newPage('hls');
+  const url = withToken(`${BASE}/hls/${encodeURIComponent(STREAM)}/`, TOKEN);
   await gotoOrFail(page, url);
   const info = await page.evaluate(() => ({
     api: typeof window.whipcordHls === 'object' && window.whipcordHls !== null,
@@ -145,14 +78,13 @@ async function run() {
   if (info.engine !== 'hls.js') fail(`player did not use hls.js (engine=${info.engine}); Chromium should support MSE`);
 
   log(`player: waiting up to ${PLAY_TIMEOUT_MS / 1000} s for whipcordHls.state === 'playing'`);
-  const played = await page.waitForFunction(() => window.whipcordHls.state === 'playing', null, { timeout: PLAY_TIMEOUT_MS, polling: 250 })
-    .then(() => true).catch(() => false);
+  const played = await waitForHlsPlaying(page, { timeoutMs: PLAY_TIMEOUT_MS, pollingMs: 250 });
   if (!played) {
     const st = await page.evaluate(() => ({
       state: window.whipcordHls.state, error: window.whipcordHls.error,
       currentTime: window.whipcordHls.currentTime(), decodedFrames: window.whipcordHls.decodedFrames(),
       status: document.querySelector('#status')?.textContent,
-    })).catch((e) => ({ evaluate: first(e) }));
+    })).catch((e) => ({ evaluate: firstLine(e) }));
     fail(`HLS player did not reach state 'playing' within ${PLAY_TIMEOUT_MS / 1000} s: ${JSON.stringify(st)}`);
   }
   log('player: playing');
@@ -195,42 +127,18 @@ async function run() {
     log(`latency (wall clock − PROGRAM-DATE-TIME at playhead): ${med === null ? 'unknown (no PROGRAM-DATE-TIME?)' : `median ${med.toFixed(2)} s of ${xs.map((x) => x.toFixed(2)).join(', ')}`}`);
   }
 
-  await screenshot('hls', 'hls-player.png');
+  await session.screenshot('hls', 'hls-player.png');
   report.ok = true;
 }
 
-async function finish(code, message) {
-  if (code !== 0) {
-    console.error(`\nFAIL: ${message}`);
-    await screenshot('hls', 'failure-hls-player.png');
-    await screenshot('publish', 'failure-hls-publish.png');
-    if (consoleLines.length) console.error('--- browser log (last 60 lines) ---\n' + consoleLines.slice(-60).join('\n'));
-  } else {
-    console.log(`\nPASS: played stream "${STREAM}" over HLS with hls.js (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
-  }
-  report.error = code ? message : undefined;
-  report.durationS = (Date.now() - t0) / 1000;
-  try {
-    writeFileSync(join(ARTIFACTS, 'hls_player.json'), JSON.stringify(report, null, 2));
-    writeFileSync(join(ARTIFACTS, 'hls_console.log'), consoleLines.join('\n') + '\n');
-  } catch (_) { /* ignore */ }
-  if (browser) await Promise.race([browser.close().catch(() => {}), sleep(5000)]);
-  process.exit(code);
-}
-
-let overallTimer;
-const overall = new Promise((_, reject) => {
-  overallTimer = setTimeout(() => reject(new TestFailure(`overall timeout of ${OVERALL_TIMEOUT_MS / 1000} s exceeded`)), OVERALL_TIMEOUT_MS);
+await runTest({
+  overallTimeoutMs: OVERALL_TIMEOUT_MS,
+  run,
+  finish: (code, message) => session.finish(code, message, {
+    report,
+    reportFile: 'hls_player.json',
+    consoleFile: 'hls_console.log',
+    failureShots: [['hls', 'failure-hls-player.png'], ['publish', 'failure-hls-publish.png']],
+    passMessage: () => `played stream "${STREAM}" over HLS with hls.js (${elapsedS().toFixed(1)} s)`,
+  }),
 });
-// Hard stop in case cleanup itself hangs.
-setTimeout(() => { console.error('FAIL: hard timeout, exiting'); process.exit(1); }, OVERALL_TIMEOUT_MS + 20_000).unref();
-
-try {
-  await Promise.race([run(), overall]);
-  clearTimeout(overallTimer);
-  await finish(0);
-} catch (e) {
-  clearTimeout(overallTimer);
-  const msg = e instanceof TestFailure ? e.message : `unexpected error: ${e && e.stack ? e.stack : e}`;
-  await finish(1, msg);
-}
