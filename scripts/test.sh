@@ -92,5 +92,11 @@ target/release/load --spawn --viewers 5 --duration 8
 step "recording benchmark smoke test (2 streams)"
 target/release/record_bench --streams 2 --seconds 3 --warmup 2 --target-pct 100
 
+# The restream benchmark end to end (RTMP push with Opus→AAC, VP8→H264
+# transcode, nginx-rtmp): that it runs and its figures come out, not a
+# timing gate (BENCHMARKS.md, "Restreaming and HLS").
+step "restream benchmark smoke test (1 stream)"
+target/release/restream_bench --streams 1 --seconds 3 --warmup 3 --target-pct 100
+
 step "done"
 echo "all test stages passed in ${SECONDS}s"

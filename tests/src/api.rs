@@ -57,7 +57,20 @@ impl Api {
         path: &str,
         headers: &[(&str, &str)],
     ) -> Result<Reply> {
-        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        self.send_body(method, path, headers, Vec::new()).await
+    }
+
+    async fn send_body(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Result<Reply> {
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .body(body);
         if let Some(t) = &self.token {
             req = req.header("Authorization", format!("Bearer {t}"));
         }
@@ -139,22 +152,13 @@ impl Api {
 impl Api {
     /// `POST path` with a JSON body.
     pub async fn post_json(&self, path: &str, body: &Value) -> Result<Reply> {
-        let mut req = self
-            .client
-            .post(format!("{}{path}", self.base))
-            .header("Content-Type", "application/json")
-            .body(body.to_string());
-        if let Some(t) = &self.token {
-            req = req.header("Authorization", format!("Bearer {t}"));
-        }
-        let res = req.send().await?;
-        let status = res.status().as_u16();
-        let headers = res.headers().clone();
-        let body = res.bytes().await?.to_vec();
-        Ok(Reply {
-            status,
-            headers,
-            body,
-        })
+        let headers = [("Content-Type", "application/json")];
+        self.send_body(
+            reqwest::Method::POST,
+            path,
+            &headers,
+            body.to_string().into_bytes(),
+        )
+        .await
     }
 }

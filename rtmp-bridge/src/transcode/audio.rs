@@ -362,8 +362,13 @@ fn open_encoder(bitrate: u32) -> Result<codec::encoder::audio::Encoder, Transcod
     encoder.set_format(Sample::F32(SampleType::Planar));
     encoder.set_bit_rate(bitrate as usize);
     encoder.set_time_base((1, AAC_SAMPLE_RATE as i32));
+    // The "fast" coder instead of the default "twoloop" search: about half
+    // the CPU (BENCHMARKS.md, "Restreaming"), and at 128 kbit/s stereo for
+    // live speech and music the difference is not audible.
+    let mut options = Dictionary::new();
+    options.set("aac_coder", "fast");
     encoder
-        .open_as(codec)
+        .open_as_with(codec, options)
         .map_err(|e| TranscodeError::open(WHAT, e))
 }
 
