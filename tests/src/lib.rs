@@ -2,10 +2,12 @@
 //! binary, and talk to it with real WebRTC peers.
 
 pub mod api;
+pub mod bench;
 pub mod client;
 pub mod clip;
 pub mod gateway;
 pub mod media_file;
 pub mod nginx;
 pub mod probe;
+pub mod procstat;
 pub mod synth;

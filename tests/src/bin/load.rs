@@ -24,7 +24,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -55,9 +55,11 @@ use webrtc::runtime::{
     default_runtime,
 };
 
+use whipcord_tests::bench;
 use whipcord_tests::client::{delete, is_keyframe_start, post_offer};
 use whipcord_tests::gateway::{self, Gateway, GatewayOptions};
 use whipcord_tests::media_file::{AccessUnit, H264Spec, load_access_units};
+use whipcord_tests::procstat::{self, proc_cpu};
 use whipcord_tests::synth::{VideoCodec, opus_codec};
 
 #[derive(Parser, Debug, Clone)]
@@ -142,11 +144,6 @@ struct Args {
     label: Option<String>,
 }
 
-/// Pid of a gateway we spawned, for the hard-limit watchdog.
-static SPAWNED_PID: AtomicU32 = AtomicU32::new(0);
-/// Its data directory, removed by the watchdog too.
-static SPAWNED_DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
-
 fn main() {
     let args = Args::parse();
     CLIENT_RCVBUF.store(args.client_rcvbuf as u64, Ordering::Relaxed);
@@ -155,37 +152,13 @@ fn main() {
     let hard_limit = args
         .hard_limit
         .unwrap_or(args.warmup + joins + args.settle + args.duration + 60.0);
-    std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs_f64(hard_limit));
-        eprintln!("load: hard limit of {hard_limit:.0} s reached, exiting");
-        let pid = SPAWNED_PID.load(Ordering::SeqCst);
-        if pid != 0 {
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-        }
-        if let Ok(dir) = SPAWNED_DIR.lock()
-            && let Some(dir) = dir.as_ref()
-        {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-        std::process::exit(3);
-    });
+    bench::spawn_watchdog("load", hard_limit);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.client_threads.max(1))
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let code = match runtime.block_on(run(args)) {
-        Ok(true) => 0,
-        Ok(false) => 1,
-        Err(e) => {
-            eprintln!("load: error: {e:#}");
-            2
-        }
-    };
-    runtime.shutdown_timeout(Duration::from_secs(2));
-    std::process::exit(code);
+    std::process::exit(bench::exit_code("load", runtime, run(args)));
 }
 
 // ---------------------------------------------------------------------------
@@ -286,62 +259,8 @@ fn socket_inodes(pid: u32) -> HashSet<u64> {
 // ---------------------------------------------------------------------------
 // /proc readings
 
+/// Clock ticks per second assumed for /proc's CPU times (Linux's USER_HZ).
 const CLK_TCK: f64 = 100.0;
-
-/// utime + stime in clock ticks.
-fn cpu_ticks(stat_path: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(stat_path).ok()?;
-    // Fields after the command name, which may contain spaces.
-    let rest = &text[text.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // rest[0] is field 3 (state); utime is field 14, stime 15.
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
-
-/// The state letter of /proc/<pid>/stat (None: no such process).
-fn proc_state(pid: u32) -> Option<char> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    text[text.rfind(')')? + 2..].chars().next()
-}
-
-fn alive(pid: u32) -> bool {
-    proc_state(pid).is_some_and(|s| !matches!(s, 'Z' | 'X'))
-}
-
-fn proc_cpu(pid: u32) -> Option<u64> {
-    cpu_ticks(&format!("/proc/{pid}/stat"))
-}
-
-/// Ticks per thread name (threads with the same name summed).
-fn thread_cpu(pid: u32) -> BTreeMap<String, u64> {
-    let mut out = BTreeMap::new();
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return out;
-    };
-    for t in dir.flatten() {
-        let path = t.path();
-        let name = std::fs::read_to_string(path.join("comm"))
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_default();
-        if let Some(ticks) = cpu_ticks(&path.join("stat").display().to_string()) {
-            *out.entry(name).or_insert(0) += ticks;
-        }
-    }
-    out
-}
-
-/// (VmRSS, VmHWM) in KiB.
-fn rss_kib(pid: u32) -> (u64, u64) {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
 
 /// The `Udp:` counters of /proc/net/snmp.
 fn udp_snmp() -> HashMap<String, u64> {
@@ -1060,10 +979,8 @@ async fn run(args: Args) -> Result<bool> {
         };
         let gw = Gateway::start_with(options).await?;
         let pid = gw.pid().context("spawned gateway has no pid")?;
-        SPAWNED_PID.store(pid, Ordering::SeqCst);
-        if let Ok(mut dir) = SPAWNED_DIR.lock() {
-            *dir = Some(gw.data_dir.clone());
-        }
+        bench::watch_pid(pid);
+        bench::register_leftover(&gw.data_dir);
         let base = gw.url("");
         spawned = Some(gw);
         (base, pid)
@@ -1085,7 +1002,7 @@ async fn run(args: Args) -> Result<bool> {
     if let Some(mut gw) = spawned {
         let log = gw.log();
         let status = gw.terminate();
-        SPAWNED_PID.store(0, Ordering::SeqCst);
+        bench::watch_pid(0);
         let problems: Vec<&str> = log
             .lines()
             .filter(|l| l.contains("ERROR") || l.contains("panicked"))
@@ -1141,7 +1058,7 @@ fn snapshot(pid: u32, viewers: &[Viewer]) -> Snapshot {
     Snapshot {
         at: Instant::now(),
         server_ticks: proc_cpu(pid).unwrap_or(0),
-        server_threads: thread_cpu(pid),
+        server_threads: procstat::thread_ticks_by_name(pid),
         self_ticks: proc_cpu(me).unwrap_or(0),
         per_viewer: viewers
             .iter()
@@ -1256,7 +1173,7 @@ async fn measure(
     let mut rss_max = 0u64;
     let end = s0.at + window;
     while Instant::now() < end {
-        rss_max = rss_max.max(rss_kib(pid).0);
+        rss_max = rss_max.max(procstat::rss_hwm_kib(pid).0);
         tokio::time::sleep(
             end.saturating_duration_since(Instant::now())
                 .min(Duration::from_millis(500)),
@@ -1264,13 +1181,13 @@ async fn measure(
         .await;
     }
     let s1 = snapshot(pid, &viewers);
-    let gateway_alive = alive(pid);
+    let gateway_alive = procstat::alive(pid);
     if !gateway_alive {
         eprintln!("load: the gateway (pid {pid}) exited during the run");
     }
-    let (rss_end, hwm) = rss_kib(pid);
+    let (rss_end, hwm) = procstat::rss_hwm_kib(pid);
     rss_max = rss_max.max(rss_end);
-    let (self_rss, _) = rss_kib(std::process::id());
+    let (self_rss, _) = procstat::rss_hwm_kib(std::process::id());
     let secs = s1.at.duration_since(s0.at).as_secs_f64();
 
     // Per-viewer results, taken before teardown.

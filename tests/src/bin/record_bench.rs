@@ -25,19 +25,18 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
 use serde_json::json;
 
+use whipcord_tests::bench::{self, Sent};
 use whipcord_tests::client::{MediaSent, PublishOptions, Publisher};
-use whipcord_tests::clip::{self, Clip, ClipSpec, Frame};
-use whipcord_tests::gateway::{self, Gateway, GatewayOptions};
-use whipcord_tests::media_file::{H264Spec, load_access_units};
+use whipcord_tests::clip::{Clip, ClipSpec};
+use whipcord_tests::gateway::{Gateway, GatewayOptions};
 use whipcord_tests::probe;
+use whipcord_tests::procstat::{self, Rates, Snapshot, clk_tck, cores};
 use whipcord_tests::synth::VideoCodec;
 
 #[derive(Parser, Debug, Clone)]
@@ -96,78 +95,20 @@ struct Args {
     label: Option<String>,
 }
 
-/// Pid of the gateway being measured, for the hard-limit watchdog.
-static SPAWNED_PID: AtomicU32 = AtomicU32::new(0);
-/// Its data directory, removed by the watchdog too.
-static SPAWNED_DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
-
 fn main() {
     let args = Args::parse();
-    match resolve_binary(&args) {
-        // SAFETY: no other thread exists yet.
-        Ok(bin) => unsafe { std::env::set_var("WHIPCORD_BIN", bin) },
-        Err(e) => {
-            eprintln!("record_bench: error: {e:#}");
-            std::process::exit(2);
-        }
-    }
+    // SAFETY: no other thread exists yet.
+    unsafe { bench::use_gateway_binary("record_bench", args.bin.as_deref()) };
     let runs = args.runs.split(',').count() as f64;
     let per_run = args.warmup + args.seconds + 2.0 + args.streams as f64 + 90.0;
     let hard_limit = args.hard_limit.unwrap_or(60.0 + runs * per_run);
-    std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs_f64(hard_limit));
-        eprintln!("record_bench: hard limit of {hard_limit:.0} s reached, exiting");
-        let pid = SPAWNED_PID.load(Ordering::SeqCst);
-        if pid != 0 {
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-        }
-        if let Ok(dir) = SPAWNED_DIR.lock()
-            && let Some(dir) = dir.as_ref()
-        {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-        std::process::exit(3);
-    });
+    bench::spawn_watchdog("record_bench", hard_limit);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let code = match runtime.block_on(run(args)) {
-        Ok(true) => 0,
-        Ok(false) => 1,
-        Err(e) => {
-            eprintln!("record_bench: error: {e:#}");
-            2
-        }
-    };
-    runtime.shutdown_timeout(Duration::from_secs(2));
-    std::process::exit(code);
-}
-
-/// `--bin`, else `WHIPCORD_BIN`, else the release build next to the one
-/// [`gateway::binary`] would pick (never a debug build).
-fn resolve_binary(args: &Args) -> Result<PathBuf> {
-    let bin = match (&args.bin, std::env::var_os("WHIPCORD_BIN")) {
-        (Some(bin), _) => bin.clone(),
-        (None, Some(env)) => PathBuf::from(env),
-        (None, None) => {
-            let picked = gateway::binary();
-            let target = picked
-                .parent()
-                .and_then(Path::parent)
-                .context("odd gateway binary path")?;
-            target.join("release").join("whipcord")
-        }
-    };
-    ensure!(
-        bin.is_file(),
-        "no gateway binary at {} (cargo build --release -p gateway, or --bin)",
-        bin.display()
-    );
-    Ok(std::fs::canonicalize(&bin)?)
+    std::process::exit(bench::exit_code("record_bench", runtime, run(args)));
 }
 
 /// The clip every publisher sends, and the spec to connect with (which
@@ -196,49 +137,7 @@ fn build_clip(args: &Args, codec: VideoCodec) -> Result<(ClipSpec, Arc<Clip>)> {
             );
             // Opus from the recording tests' clip (same length), video
             // from the load tool's recipe and cache directory.
-            let audio = Clip::ensure(&ClipSpec {
-                video: None,
-                ..spec.clone()
-            })?;
-            let h264 = H264Spec {
-                width: args.width,
-                height: args.height,
-                fps: args.fps,
-                seconds: args.clip_seconds,
-                kbps: args.kbps,
-                gop: spec.gop(),
-            };
-            let dir = clip::cache_dir()
-                .parent()
-                .map(|target| target.join("load-media"))
-                .context("clip cache directory has no parent")?;
-            let path = h264.ensure(&dir)?;
-            let units = load_access_units(&path)?;
-            let want = (args.fps * args.clip_seconds) as usize;
-            ensure!(
-                units.len() >= want,
-                "{} holds {} frames, want {want}",
-                path.display(),
-                units.len()
-            );
-            let frame_ns = 1_000_000_000 / u64::from(args.fps);
-            let video = units
-                .into_iter()
-                .take(want)
-                .enumerate()
-                .map(|(i, au)| Frame {
-                    data: au.data,
-                    pts: Duration::from_nanos(i as u64 * frame_ns),
-                    duration: Duration::from_nanos(frame_ns),
-                    keyframe: au.keyframe,
-                })
-                .collect();
-            let clip = Clip {
-                spec: spec.clone(),
-                video,
-                video_path: Some(path),
-                ..audio
-            };
+            let clip = bench::testsrc2_clip(&spec)?;
             // Connect with the tests' default clip spec (same codecs, small
             // and cached): `Publisher::connect` loads it, then the caller
             // swaps in this clip.
@@ -249,133 +148,13 @@ fn build_clip(args: &Args, codec: VideoCodec) -> Result<(ClipSpec, Arc<Clip>)> {
 }
 
 // ---------------------------------------------------------------------------
-// /proc readings
-
-unsafe extern "C" {
-    fn sysconf(name: std::ffi::c_int) -> std::ffi::c_long;
-}
-
-/// Clock ticks per second of /proc's CPU times.
-fn clk_tck() -> f64 {
-    const SC_CLK_TCK: std::ffi::c_int = 2; // Linux (glibc and musl)
-    // SAFETY: sysconf only reads a constant.
-    let ticks = unsafe { sysconf(SC_CLK_TCK) };
-    if ticks > 0 { ticks as f64 } else { 100.0 }
-}
-
-/// utime + stime in clock ticks, from a /proc `stat` file.
-fn cpu_ticks(stat_path: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(stat_path).ok()?;
-    // Fields after the command name, which may contain spaces.
-    let rest = &text[text.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // f[0] is field 3 (state); utime is field 14, stime 15.
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
-
-fn proc_cpu(pid: u32) -> Option<u64> {
-    cpu_ticks(Path::new(&format!("/proc/{pid}/stat")))
-}
-
-/// Per thread id: (name, ticks).
-fn thread_ticks(pid: u32) -> BTreeMap<u32, (String, u64)> {
-    let mut out = BTreeMap::new();
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return out;
-    };
-    for t in dir.flatten() {
-        let Some(tid) = t.file_name().to_str().and_then(|s| s.parse().ok()) else {
-            continue;
-        };
-        let path = t.path();
-        let name = std::fs::read_to_string(path.join("comm"))
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_default();
-        if let Some(ticks) = cpu_ticks(&path.join("stat")) {
-            out.insert(tid, (name, ticks));
-        }
-    }
-    out
-}
-
-/// A `Vm*:` field of /proc/<pid>/status, KiB.
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-/// A field of /proc/<pid>/io (e.g. `wchar`, `write_bytes`).
-fn io_field(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/io"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// The machine's `cpu` line of /proc/stat: (busy, total) ticks, where idle
-/// and iowait count as not busy.
-fn machine_ticks() -> (u64, u64) {
-    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let Some(line) = text.lines().find(|l| l.starts_with("cpu ")) else {
-        return (0, 0);
-    };
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal guest guest_nice;
-    // guest time is already part of user.
-    let total: u64 = v.iter().take(8).sum();
-    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-    (total - idle, total)
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-/// Everything sampled at one end of the window.
-struct Snapshot {
-    at: Instant,
-    gateway: u64,
-    threads: BTreeMap<u32, (String, u64)>,
-    me: u64,
-    machine: (u64, u64),
-    wchar: u64,
-}
-
-fn snapshot(pid: u32) -> Snapshot {
-    Snapshot {
-        at: Instant::now(),
-        gateway: proc_cpu(pid).unwrap_or(0),
-        threads: thread_ticks(pid),
-        me: proc_cpu(std::process::id()).unwrap_or(0),
-        machine: machine_ticks(),
-        wchar: io_field(pid, "wchar"),
-    }
-}
-
-// ---------------------------------------------------------------------------
 // One run
 
 /// What one run measured.
 struct RunResult {
     mode: String,
-    gateway_cpu: f64,
-    /// CPU-s/s by thread name; threads that exited in the window are in
-    /// the process total only ("(exited)").
-    threads: BTreeMap<String, f64>,
-    bench_cpu: f64,
-    /// Busy cores of the whole machine (0..=cores).
-    machine_busy: f64,
+    /// The gateway's CPU (and this process's, and the machine's).
+    proc: Rates,
     rss_kib: u64,
     hwm_kib: u64,
     /// Bytes/s the gateway wrote through write(2) and friends.
@@ -406,27 +185,19 @@ async fn run_once(args: &Args, spec: &ClipSpec, clip: &Arc<Clip>, mode: &str) ->
     };
     let mut gw = Gateway::start_with(options).await?;
     let pid = gw.pid().context("gateway has no pid")?;
-    SPAWNED_PID.store(pid, Ordering::SeqCst);
-    if let Ok(mut dir) = SPAWNED_DIR.lock() {
-        *dir = Some(gw.data_dir.clone());
-    }
+    bench::watch_pid(pid);
+    let data_dir = gw.data_dir.clone();
+    bench::register_leftover(&data_dir);
     let result = measure(args, spec, clip, mode, &mut gw, pid).await;
     if let Err(e) = gw.terminate() {
         eprintln!("record_bench: stopping the gateway: {e:#}");
     }
-    SPAWNED_PID.store(0, Ordering::SeqCst);
+    bench::watch_pid(0);
     if result.is_err() {
-        let log = gw.log();
-        let tail: Vec<&str> = log.lines().rev().take(30).collect();
-        eprintln!("---- gateway log (last 30 lines) ----");
-        for line in tail.iter().rev() {
-            eprintln!("{line}");
-        }
+        bench::print_log_tail("gateway", &gw.log());
     }
     drop(gw);
-    if let Ok(mut dir) = SPAWNED_DIR.lock() {
-        *dir = None;
-    }
+    bench::forget_leftover(&data_dir);
     result
 }
 
@@ -456,14 +227,8 @@ async fn measure(
         // `spec` only shaped the offer (codecs); this is what it sends.
         publisher.clip = Some(clip.clone());
         let publisher = Arc::new(publisher);
-        let started = Instant::now();
         // The task notes when it finished, to tell how late it ran.
-        let sender = publisher.clone();
-        let task = tokio::spawn(async move {
-            let sent = sender.run_media(media_len).await;
-            (sent, Instant::now())
-        });
-        tasks.push((started, task));
+        tasks.push(bench::start_media(&publisher, media_len));
         publishers.push(publisher);
     }
     println!(
@@ -471,54 +236,20 @@ async fn measure(
         args.streams, args.warmup
     );
     tokio::time::sleep(Duration::from_secs_f64(args.warmup)).await;
-    let s0 = snapshot(pid);
+    let s0 = Snapshot::take_lenient(pid);
+    let wchar0 = procstat::io_field(pid, "wchar");
     tokio::time::sleep(Duration::from_secs_f64(args.seconds)).await;
-    let s1 = snapshot(pid);
-    let rss_kib = status_kib(pid, "VmRSS:");
-    let hwm_kib = status_kib(pid, "VmHWM:");
+    let s1 = Snapshot::take_lenient(pid);
+    let wchar1 = procstat::io_field(pid, "wchar");
+    let (rss_kib, hwm_kib) = procstat::rss_hwm_kib(pid);
     ensure!(gw.is_running(), "the gateway exited during the window");
-
-    let tck = clk_tck();
-    let secs = s1.at.duration_since(s0.at).as_secs_f64();
-    let rate = |ticks: u64| ticks as f64 / tck / secs;
-    let gateway_cpu = rate(s1.gateway.saturating_sub(s0.gateway));
-    let mut threads: BTreeMap<String, f64> = BTreeMap::new();
-    let mut counted = 0;
-    for (tid, (name, ticks)) in &s1.threads {
-        let before = s0.threads.get(tid).map_or(0, |(_, t)| *t);
-        counted += ticks.saturating_sub(before);
-        *threads.entry(name.clone()).or_insert(0.0) += rate(ticks.saturating_sub(before));
-    }
-    let exited = s1
-        .gateway
-        .saturating_sub(s0.gateway)
-        .saturating_sub(counted);
-    if exited > 0 {
-        threads.insert("(exited)".into(), rate(exited));
-    }
-    let machine_busy = {
-        let busy = s1.machine.0.saturating_sub(s0.machine.0) as f64;
-        let total = s1.machine.1.saturating_sub(s0.machine.1).max(1) as f64;
-        busy / total * cores() as f64
-    };
+    let proc = Rates::between(&s0, &s1);
 
     // Let the media run out, then see how late it finished.
-    let mut sent = MediaSent::default();
-    let mut max_late = Duration::ZERO;
-    for (started, task) in tasks {
-        let due = started + media_len;
-        let limit = due.saturating_duration_since(Instant::now()) + Duration::from_secs(15);
-        let (outcome, finished) = tokio::time::timeout(limit, task)
-            .await
-            .context("a publisher did not finish its media")?
-            .context("a publisher task panicked")?;
-        let outcome = outcome.context("a publisher failed")?;
-        max_late = max_late.max(finished.saturating_duration_since(due));
-        sent.video_frames += outcome.video_frames;
-        sent.audio_packets += outcome.audio_packets;
-        sent.video_rtp_packets += outcome.video_rtp_packets;
-        sent.audio_rtp_packets += outcome.audio_rtp_packets;
-    }
+    let Sent {
+        media: sent,
+        max_late,
+    } = bench::finish_media(tasks, media_len).await?;
 
     let delete_started = Instant::now();
     for p in &publishers {
@@ -537,13 +268,10 @@ async fn measure(
     }
     Ok(RunResult {
         mode: mode.to_owned(),
-        gateway_cpu,
-        threads,
-        bench_cpu: rate(s1.me.saturating_sub(s0.me)),
-        machine_busy,
+        wchar_rate: wchar1.saturating_sub(wchar0) as f64 / proc.window,
+        proc,
         rss_kib,
         hwm_kib,
-        wchar_rate: s1.wchar.saturating_sub(s0.wchar) as f64 / secs,
         max_late,
         sent,
         recordings,
@@ -659,24 +387,21 @@ fn print_run(r: &RunResult, streams: usize, window: f64) {
          bench {:.2} CPU-s/s; machine {:.2} of {} cores busy ({:.2} by other processes); \
          publishers at most {} ms late",
         r.mode,
-        r.gateway_cpu,
+        r.proc.process,
         mib(r.rss_kib),
         mib(r.hwm_kib),
         r.wchar_rate / 1e6,
-        r.bench_cpu,
-        r.machine_busy,
+        r.proc.own,
+        r.proc.machine,
         cores(),
-        (r.machine_busy - r.gateway_cpu - r.bench_cpu).max(0.0),
+        r.proc.others(),
         r.max_late.as_millis()
     );
-    let mut by_cpu: Vec<(&String, &f64)> = r.threads.iter().collect();
-    by_cpu.sort_by(|a, b| b.1.total_cmp(a.1));
-    let list: Vec<String> = by_cpu
-        .iter()
-        .filter(|(_, v)| **v >= 0.0005)
-        .map(|(k, v)| format!("{k} {v:.3}"))
-        .collect();
-    println!("[{}]   by thread (CPU-s/s): {}", r.mode, list.join(", "));
+    println!(
+        "[{}]   by thread (CPU-s/s): {}",
+        r.mode,
+        r.proc.thread_list()
+    );
     let s = &r.sent;
     println!(
         "[{}]   sent: {} video frames, {} video + {} audio RTP packets ({} streams, {:.0} s each)",
@@ -778,6 +503,7 @@ async fn run(args: Args) -> Result<bool> {
     println!("|---|---|---|---|---|---|---|");
     for r in &results {
         let recorder: f64 = r
+            .proc
             .threads
             .iter()
             .filter(|(k, _)| k.starts_with("whipcord-rec"))
@@ -789,26 +515,26 @@ async fn run(args: Args) -> Result<bool> {
         println!(
             "| {} | {:.3} | {:.3} | {:.1} MiB | {} | {:.2} | {:.2} / {} ({:.2}) |",
             r.mode,
-            r.gateway_cpu,
+            r.proc.process,
             recorder,
             mib(r.rss_kib),
             written,
-            r.bench_cpu,
-            r.machine_busy,
+            r.proc.own,
+            r.proc.machine,
             cores(),
-            (r.machine_busy - r.gateway_cpu - r.bench_cpu).max(0.0)
+            r.proc.others()
         );
     }
     let mut per_stream_pct = None;
     if let (Some(none), Some(all)) = (none, all) {
-        let pct = (all.gateway_cpu - none.gateway_cpu) / args.streams as f64 * 100.0;
+        let pct = (all.proc.process - none.proc.process) / args.streams as f64 * 100.0;
         per_stream_pct = Some(pct);
         let met = pct < args.target_pct;
         println!(
             "\nrecording cost: ({:.3} - {:.3}) / {} = {:.2} % of one core per stream \
              (target < {} %): {}",
-            all.gateway_cpu,
-            none.gateway_cpu,
+            all.proc.process,
+            none.proc.process,
             args.streams,
             pct,
             args.target_pct,
@@ -817,7 +543,7 @@ async fn run(args: Args) -> Result<bool> {
         ok &= met;
         let saturated = results
             .iter()
-            .any(|r| r.machine_busy > 0.9 * cores() as f64);
+            .any(|r| r.proc.machine > 0.9 * cores() as f64);
         if saturated {
             println!(
                 "warning: the machine was over 90 % busy in a window; the figures measure contention"
@@ -843,10 +569,10 @@ async fn run(args: Args) -> Result<bool> {
         "target_pct": args.target_pct,
         "runs": results.iter().map(|r| json!({
             "mode": r.mode,
-            "gateway_cpu_s_per_s": r.gateway_cpu,
-            "threads": r.threads,
-            "bench_cpu_s_per_s": r.bench_cpu,
-            "machine_busy_cores": r.machine_busy,
+            "gateway_cpu_s_per_s": r.proc.process,
+            "threads": r.proc.threads,
+            "bench_cpu_s_per_s": r.proc.own,
+            "machine_busy_cores": r.proc.machine,
             "rss_kib": r.rss_kib,
             "hwm_kib": r.hwm_kib,
             "wchar_bytes_per_s": r.wchar_rate,

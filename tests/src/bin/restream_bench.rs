@@ -35,21 +35,20 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use clap::{Parser, ValueEnum};
 use serde_json::{Value, json};
-use tokio::task::JoinHandle;
 
 use whipcord_tests::api::Api;
-use whipcord_tests::client::{MediaSent, PublishOptions, Publisher};
-use whipcord_tests::clip::{self, Clip, ClipSpec, Frame};
-use whipcord_tests::gateway::{self, Gateway, GatewayOptions};
-use whipcord_tests::media_file::{H264Spec, load_access_units};
+use whipcord_tests::bench::{self, MediaTask, Sent};
+use whipcord_tests::client::{PublishOptions, Publisher};
+use whipcord_tests::clip::{Clip, ClipSpec, Frame};
+use whipcord_tests::gateway::{Gateway, GatewayOptions};
 use whipcord_tests::nginx::Nginx;
+use whipcord_tests::procstat::{self, Rates, Snapshot, clk_tck, cores};
 use whipcord_tests::synth::VideoCodec;
 
 #[derive(Parser, Debug, Clone)]
@@ -117,22 +116,12 @@ const READY_GRACE: Duration = Duration::from_secs(5);
 /// its own (the WHIP POST and DELETE).
 const HTTP_LIMIT: Duration = Duration::from_secs(30);
 
-/// Processes and directories the hard-limit watchdog must not leave behind.
-static GATEWAY_PID: AtomicU32 = AtomicU32::new(0);
-static LEFTOVERS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
-
 fn main() {
     let args = Args::parse();
-    match resolve_binary(&args) {
-        // SAFETY: no other thread exists yet.
-        Ok(bin) => unsafe { std::env::set_var("WHIPCORD_BIN", bin) },
-        Err(e) => {
-            eprintln!("restream_bench: error: {e:#}");
-            std::process::exit(2);
-        }
-    }
+    // SAFETY: no other thread exists yet.
+    unsafe { bench::use_gateway_binary("restream_bench", args.bin.as_deref()) };
     let hard_limit = args.hard_limit.unwrap_or_else(|| default_hard_limit(&args));
-    spawn_watchdog(hard_limit);
+    bench::spawn_watchdog("restream_bench", hard_limit);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -144,16 +133,8 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let code = match runtime.block_on(run(args)) {
-        Ok(true) => 0,
-        Ok(false) => 1,
-        Err(e) => {
-            eprintln!("restream_bench: error: {e:#}");
-            2
-        }
-    };
-    runtime.shutdown_timeout(Duration::from_secs(2));
-    cleanup_leftovers(false);
+    let code = bench::exit_code("restream_bench", runtime, run(args));
+    bench::cleanup_leftovers(false);
     std::process::exit(code);
 }
 
@@ -163,72 +144,6 @@ fn default_hard_limit(args: &Args) -> f64 {
     let runs = args.rounds as f64 * 2.0 * phases(args.phase).len() as f64;
     let per_run = args.warmup + READY_GRACE.as_secs_f64() + args.seconds + 60.0;
     120.0 + runs * (per_run + 2.0 * args.streams.max(args.vp8_streams) as f64)
-}
-
-/// Kills what this process started and exits 3 if the run hangs.
-fn spawn_watchdog(limit: f64) {
-    std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs_f64(limit));
-        eprintln!("restream_bench: hard limit of {limit:.0} s reached, exiting");
-        kill_pid(GATEWAY_PID.load(Ordering::SeqCst));
-        cleanup_leftovers(true);
-        std::process::exit(3);
-    });
-}
-
-fn kill_pid(pid: u32) {
-    if pid != 0 {
-        let _ = std::process::Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status();
-    }
-}
-
-/// Removes the directories registered in [`LEFTOVERS`]; with
-/// `kill_nginx`, first kills the nginx running there by its pid file. Only
-/// the watchdog asks for that: nginx is alive then, whereas after a normal
-/// run it was already stopped and the file may name a reused pid.
-fn cleanup_leftovers(kill_nginx: bool) {
-    let Ok(mut dirs) = LEFTOVERS.lock() else {
-        return;
-    };
-    for dir in dirs.drain(..) {
-        if let Some(pid) = kill_nginx
-            .then(|| std::fs::read_to_string(dir.join("nginx.pid")).ok())
-            .flatten()
-            .and_then(|s| s.trim().parse().ok())
-        {
-            kill_pid(pid);
-        }
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-}
-
-fn register_leftover(dir: &Path) {
-    if let Ok(mut dirs) = LEFTOVERS.lock() {
-        dirs.push(dir.to_owned());
-    }
-}
-
-/// `--bin`, else `WHIPCORD_BIN`, else the release build next to the one
-/// [`gateway::binary`] would pick (never a debug build).
-fn resolve_binary(args: &Args) -> Result<PathBuf> {
-    let bin = match (&args.bin, std::env::var_os("WHIPCORD_BIN")) {
-        (Some(bin), _) => bin.clone(),
-        (None, Some(env)) => PathBuf::from(env),
-        (None, None) => gateway::binary()
-            .parent()
-            .and_then(Path::parent)
-            .context("odd gateway binary path")?
-            .join("release")
-            .join("whipcord"),
-    };
-    ensure!(
-        bin.is_file(),
-        "no gateway binary at {} (cargo build --release -p gateway, or --bin)",
-        bin.display()
-    );
-    Ok(std::fs::canonicalize(&bin)?)
 }
 
 // ---------------------------------------------------------------------------
@@ -323,73 +238,28 @@ impl Bench {
 // ---------------------------------------------------------------------------
 // Clips
 
+/// The clip spec of `--width` … `--clip-seconds` for `codec`.
+fn clip_spec(args: &Args, codec: VideoCodec) -> ClipSpec {
+    ClipSpec {
+        width: args.width,
+        height: args.height,
+        fps: args.fps,
+        seconds: args.clip_seconds,
+        video_kbps: args.kbps,
+        ..ClipSpec::new(codec)
+    }
+}
+
 /// H264 from the `load` tool's recipe (lavfi testsrc2, which libx264 fills
 /// to the asked bitrate, unlike the flash clip) with the recording tests'
 /// Opus track of the same length.
 fn h264_clip(args: &Args) -> Result<Clip> {
-    let spec = ClipSpec {
-        width: args.width,
-        height: args.height,
-        fps: args.fps,
-        seconds: args.clip_seconds,
-        video_kbps: args.kbps,
-        ..ClipSpec::new(VideoCodec::H264)
-    };
-    let audio = Clip::ensure(&ClipSpec {
-        video: None,
-        ..spec.clone()
-    })?;
-    let h264 = H264Spec {
-        width: args.width,
-        height: args.height,
-        fps: args.fps,
-        seconds: args.clip_seconds,
-        kbps: args.kbps,
-        gop: spec.gop(),
-    };
-    let dir = clip::cache_dir()
-        .parent()
-        .map(|target| target.join("load-media"))
-        .context("clip cache directory has no parent")?;
-    let path = h264.ensure(&dir)?;
-    let units = load_access_units(&path)?;
-    let want = (args.fps * args.clip_seconds) as usize;
-    ensure!(
-        units.len() >= want,
-        "{} holds {} frames, want {want}",
-        path.display(),
-        units.len()
-    );
-    let frame_ns = 1_000_000_000 / u64::from(args.fps);
-    let video = units
-        .into_iter()
-        .take(want)
-        .enumerate()
-        .map(|(i, au)| Frame {
-            data: au.data,
-            pts: Duration::from_nanos(i as u64 * frame_ns),
-            duration: Duration::from_nanos(frame_ns),
-            keyframe: au.keyframe,
-        })
-        .collect();
-    Ok(Clip {
-        spec,
-        video,
-        video_path: Some(path),
-        ..audio
-    })
+    bench::testsrc2_clip(&clip_spec(args, VideoCodec::H264))
 }
 
 /// The recording tests' flash clip in VP8 with Opus.
 fn vp8_clip(args: &Args) -> Result<Clip> {
-    Clip::ensure(&ClipSpec {
-        width: args.width,
-        height: args.height,
-        fps: args.fps,
-        seconds: args.clip_seconds,
-        video_kbps: args.kbps,
-        ..ClipSpec::new(VideoCodec::Vp8)
-    })
+    Clip::ensure(&clip_spec(args, VideoCodec::Vp8))
 }
 
 /// Bytes and media time of the first `count` samples of a looped track.
@@ -421,148 +291,6 @@ fn kbps(bytes: u64, time: Duration) -> f64 {
         bytes as f64 * 8.0 / secs / 1000.0
     } else {
         0.0
-    }
-}
-
-// ---------------------------------------------------------------------------
-// /proc readings
-
-unsafe extern "C" {
-    fn sysconf(name: std::ffi::c_int) -> std::ffi::c_long;
-}
-
-/// Clock ticks per second of /proc's CPU times.
-fn clk_tck() -> f64 {
-    const SC_CLK_TCK: std::ffi::c_int = 2; // Linux (glibc and musl)
-    // SAFETY: sysconf only reads a constant.
-    let ticks = unsafe { sysconf(SC_CLK_TCK) };
-    if ticks > 0 { ticks as f64 } else { 100.0 }
-}
-
-/// utime + stime in clock ticks, from a /proc `stat` file.
-fn cpu_ticks(stat_path: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(stat_path).ok()?;
-    // Fields after the command name, which may contain spaces.
-    let rest = text.get(text.rfind(')')? + 2..)?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // f[0] is field 3 (state); utime is field 14, stime 15.
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
-
-fn proc_cpu(pid: u32) -> Option<u64> {
-    cpu_ticks(Path::new(&format!("/proc/{pid}/stat")))
-}
-
-/// Per thread id: (name, ticks).
-fn thread_ticks(pid: u32) -> BTreeMap<u32, (String, u64)> {
-    let mut out = BTreeMap::new();
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return out;
-    };
-    for t in dir.flatten() {
-        let Some(tid) = t.file_name().to_str().and_then(|s| s.parse().ok()) else {
-            continue;
-        };
-        let path = t.path();
-        let name = std::fs::read_to_string(path.join("comm"))
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_default();
-        if let Some(ticks) = cpu_ticks(&path.join("stat")) {
-            out.insert(tid, (name, ticks));
-        }
-    }
-    out
-}
-
-/// `VmRSS` of /proc/<pid>/status, KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-/// The machine's `cpu` line of /proc/stat: (busy, total) ticks, where idle
-/// and iowait count as not busy.
-fn machine_ticks() -> (u64, u64) {
-    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let Some(line) = text.lines().find(|l| l.starts_with("cpu ")) else {
-        return (0, 0);
-    };
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal; guest time is already
-    // part of user.
-    let total: u64 = v.iter().take(8).sum();
-    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-    (total.saturating_sub(idle), total)
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-/// /proc figures at one end of the window.
-struct Snapshot {
-    at: Instant,
-    gateway: u64,
-    threads: BTreeMap<u32, (String, u64)>,
-    me: u64,
-    machine: (u64, u64),
-}
-
-fn snapshot(pid: u32) -> Result<Snapshot> {
-    Ok(Snapshot {
-        at: Instant::now(),
-        gateway: proc_cpu(pid).context("cannot read the gateway's /proc stat")?,
-        threads: thread_ticks(pid),
-        me: proc_cpu(std::process::id()).unwrap_or(0),
-        machine: machine_ticks(),
-    })
-}
-
-/// CPU over the window [s0, s1], in CPU-s/s.
-struct ProcRates {
-    window: f64,
-    gateway: f64,
-    /// By thread name; CPU of threads that exited in the window is under
-    /// "(exited)".
-    threads: BTreeMap<String, f64>,
-    bench: f64,
-    /// Busy cores of the whole machine (0..=cores).
-    machine: f64,
-}
-
-fn proc_rates(s0: &Snapshot, s1: &Snapshot) -> ProcRates {
-    let tck = clk_tck();
-    let window = s1.at.duration_since(s0.at).as_secs_f64().max(1e-3);
-    let rate = |ticks: u64| ticks as f64 / tck / window;
-    let mut threads: BTreeMap<String, f64> = BTreeMap::new();
-    let mut counted = 0;
-    for (tid, (name, ticks)) in &s1.threads {
-        let before = s0.threads.get(tid).map_or(0, |(_, t)| *t);
-        let used = ticks.saturating_sub(before);
-        counted += used;
-        *threads.entry(name.clone()).or_insert(0.0) += rate(used);
-    }
-    let used = s1.gateway.saturating_sub(s0.gateway);
-    if used > counted {
-        threads.insert("(exited)".into(), rate(used - counted));
-    }
-    let busy = s1.machine.0.saturating_sub(s0.machine.0) as f64;
-    let total = s1.machine.1.saturating_sub(s0.machine.1).max(1) as f64;
-    ProcRates {
-        window,
-        gateway: rate(used),
-        threads,
-        bench: rate(s1.me.saturating_sub(s0.me)),
-        machine: busy / total * cores() as f64,
     }
 }
 
@@ -760,9 +488,6 @@ async fn not_ready(api: &Api, case: Case, streams: &[String]) -> Result<Option<S
 // ---------------------------------------------------------------------------
 // Publishers
 
-/// A publisher's media task: what it sent, and when it finished.
-type MediaTask = JoinHandle<(Result<MediaSent>, Instant)>;
-
 /// Publishers sending their clip, each with its task and start time.
 struct Load {
     publishers: Vec<Arc<Publisher>>,
@@ -791,44 +516,15 @@ async fn start_publishers(
             .with_context(|| format!("publisher {name}"))?;
         publisher.clip = Some(clip.clone());
         let publisher = Arc::new(publisher);
-        let sender = publisher.clone();
-        let task = tokio::spawn(async move {
-            let sent = sender.run_media(media_len).await;
-            (sent, Instant::now())
-        });
-        load.tasks.push((Instant::now(), task));
+        load.tasks.push(bench::start_media(&publisher, media_len));
         load.publishers.push(publisher);
     }
     Ok(load)
 }
 
-/// What the publishers sent, summed, and how late the latest one finished
-/// its real-time schedule (a sign of a starved machine).
-struct Sent {
-    media: MediaSent,
-    max_late: Duration,
-}
-
 /// Lets the media run out, then ends the sessions.
 async fn finish_publishers(load: Load, media_len: Duration) -> Result<Sent> {
-    let mut sent = Sent {
-        media: MediaSent::default(),
-        max_late: Duration::ZERO,
-    };
-    for (started, task) in load.tasks {
-        let due = started + media_len;
-        let limit = due.saturating_duration_since(Instant::now()) + Duration::from_secs(15);
-        let (outcome, finished) = tokio::time::timeout(limit, task)
-            .await
-            .context("a publisher did not finish its media")?
-            .context("a publisher task panicked")?;
-        let outcome = outcome.context("a publisher failed")?;
-        sent.max_late = sent.max_late.max(finished.saturating_duration_since(due));
-        sent.media.video_frames += outcome.video_frames;
-        sent.media.audio_packets += outcome.audio_packets;
-        sent.media.video_rtp_packets += outcome.video_rtp_packets;
-        sent.media.audio_rtp_packets += outcome.audio_rtp_packets;
-    }
+    let sent = bench::finish_media(load.tasks, media_len).await?;
     for p in &load.publishers {
         let status = tokio::time::timeout(HTTP_LIMIT, p.delete())
             .await
@@ -920,7 +616,7 @@ struct RunResult {
     /// The clip's picture, e.g. "1280x720 30 fps", and its frame rate.
     picture: String,
     fps: u32,
-    proc: ProcRates,
+    proc: Rates,
     rss_kib: u64,
     sent: Sent,
     video_kbps: f64,
@@ -946,27 +642,19 @@ async fn run_case(bench: &Bench, case: Case, round: usize) -> Result<RunResult> 
         }
     }
     let mut gw = Gateway::start_with(options).await?;
-    register_leftover(&gw.data_dir);
+    bench::register_leftover(&gw.data_dir);
     let pid = gw.pid().context("gateway has no pid")?;
-    GATEWAY_PID.store(pid, Ordering::SeqCst);
+    bench::watch_pid(pid);
     let result = drive(bench, case, round, &tag, &streams, &mut gw, pid).await;
     if let Err(e) = gw.terminate() {
         eprintln!("restream_bench: stopping the gateway: {e:#}");
     }
-    GATEWAY_PID.store(0, Ordering::SeqCst);
+    bench::watch_pid(0);
     if result.is_err() {
-        print_log_tail("gateway", &gw.log());
-        print_log_tail("nginx", &bench.nginx.error_log());
+        bench::print_log_tail("gateway", &gw.log());
+        bench::print_log_tail("nginx", &bench.nginx.error_log());
     }
     result
-}
-
-fn print_log_tail(what: &str, log: &str) {
-    let tail: Vec<&str> = log.lines().rev().take(30).collect();
-    eprintln!("---- {what} log (last 30 lines) ----");
-    for line in tail.iter().rev() {
-        eprintln!("{line}");
-    }
 }
 
 /// Publishes, waits for the targets, measures the window, and winds down.
@@ -1005,10 +693,10 @@ async fn drive(
         None
     };
     let t0 = target_rows(&api).await?;
-    let s0 = snapshot(pid)?;
+    let s0 = gateway_snapshot(pid)?;
     tokio::time::sleep(Duration::from_secs_f64(args.seconds)).await;
-    let s1 = snapshot(pid)?;
-    let rss = rss_kib(pid);
+    let s1 = gateway_snapshot(pid)?;
+    let rss = procstat::rss_hwm_kib(pid).0;
     let t1 = target_rows(&api).await?;
     let f1 = if case.has_targets() {
         Some(fresh_figures(&api, streams).await?)
@@ -1016,7 +704,7 @@ async fn drive(
         None
     };
     ensure!(gw.is_running(), "the gateway exited during the window");
-    let proc = proc_rates(&s0, &s1);
+    let proc = Rates::between(&s0, &s1);
 
     let (transcode, rtmp) = match (f0, f1) {
         (Some(f0), Some(f1)) => {
@@ -1053,6 +741,11 @@ async fn drive(
         transcode,
         rtmp,
     })
+}
+
+/// The gateway's CPU figures now; an error when it is gone.
+fn gateway_snapshot(pid: u32) -> Result<Snapshot> {
+    Snapshot::take(pid).context("cannot read the gateway's /proc stat")
 }
 
 /// A transcoder that produced nothing in the window means the figures
@@ -1147,23 +840,16 @@ fn print_run(r: &RunResult) {
     println!(
         "[{tag}] gateway {:.3} CPU-s/s over {:.1} s, RSS {:.1} MiB; bench {:.2} CPU-s/s; \
          machine {:.2} of {} cores busy ({:.2} by other processes); publishers at most {} ms late",
-        p.gateway,
+        p.process,
         p.window,
         r.rss_kib as f64 / 1024.0,
-        p.bench,
+        p.own,
         p.machine,
         cores(),
-        (p.machine - p.gateway - p.bench).max(0.0),
+        p.others(),
         r.sent.max_late.as_millis()
     );
-    let mut by_cpu: Vec<(&String, &f64)> = p.threads.iter().collect();
-    by_cpu.sort_by(|a, b| b.1.total_cmp(a.1));
-    let list: Vec<String> = by_cpu
-        .iter()
-        .filter(|(_, v)| **v >= 0.0005)
-        .map(|(k, v)| format!("{k} {v:.3}"))
-        .collect();
-    println!("[{tag}]   by thread (CPU-s/s): {}", list.join(", "));
+    println!("[{tag}]   by thread (CPU-s/s): {}", p.thread_list());
     println!(
         "[{tag}]   sent per publisher: video {:.0} kbit/s, Opus {:.0} kbit/s ({} publishers, {} video frames, {} RTP packets in all)",
         r.video_kbps,
@@ -1200,7 +886,7 @@ fn case_cpu(results: &[RunResult], case: Case) -> Option<f64> {
     let v: Vec<f64> = results
         .iter()
         .filter(|r| r.case == case)
-        .map(|r| r.proc.gateway)
+        .map(|r| r.proc.process)
         .collect();
     (!v.is_empty()).then(|| mean(&v))
 }
@@ -1344,9 +1030,9 @@ fn json_line(
             "round": r.round,
             "streams": r.streams,
             "window_s": r.proc.window,
-            "gateway_cpu_s_per_s": r.proc.gateway,
+            "gateway_cpu_s_per_s": r.proc.process,
             "threads": r.proc.threads,
-            "bench_cpu_s_per_s": r.proc.bench,
+            "bench_cpu_s_per_s": r.proc.own,
             "machine_busy_cores": r.proc.machine,
             "rss_kib": r.rss_kib,
             "max_late_ms": r.sent.max_late.as_millis() as u64,
@@ -1394,7 +1080,7 @@ async fn start_nginx() -> Result<Nginx> {
         rand::random::<u32>()
     ));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    register_leftover(&dir);
+    bench::register_leftover(&dir);
     // `Nginx::start` panics on failure (it is test support); here that
     // becomes an error.
     tokio::task::spawn_blocking(move || Nginx::start(&dir, None))
