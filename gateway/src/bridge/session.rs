@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use recorder::codec::Codec;
-use recorder::pipeline::{FramePipeline, Output, Reconnect, RunEnd, RunStart, TrackSpec};
+use recorder::pipeline::{FramePipeline, Output, Reconnect, RunEnd, RunStart};
 use rtmp_bridge::hls::Muxer;
 use rtmp_bridge::transcode::{H264Options, TranscodeOptions, Transcoder};
 use tracing::{info, warn};
@@ -263,31 +263,7 @@ impl Session {
     }
 
     fn on_event(&mut self, event: HubEvent, now: Instant) {
-        match event {
-            HubEvent::Tracks(descriptions) => {
-                let specs = descriptions
-                    .into_iter()
-                    .map(|d| TrackSpec {
-                        codec: d.codec,
-                        clock_rate: d.clock_rate,
-                        channels: d.channels,
-                    })
-                    .collect();
-                self.pipeline.set_tracks(specs, now);
-            }
-            HubEvent::Rtp {
-                track,
-                packet,
-                arrived,
-            } => self.pipeline.push_rtp(track, packet, arrived.min(now)),
-            HubEvent::SenderReport {
-                track,
-                ssrc,
-                ntp_time,
-                rtp_time,
-            } => self.pipeline.sender_report(track, ssrc, ntp_time, rtp_time),
-            HubEvent::EndOfStream => {}
-        }
+        event.feed(&mut self.pipeline, now);
         // Keep the pipeline's buffers short between batches.
         self.drain_pipeline();
     }

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use recorder::codec::Codec;
+use recorder::pipeline::{FramePipeline, TrackSpec};
 use rtc::rtp::Packet;
 
 /// What a subscriber receives.
@@ -36,6 +37,38 @@ pub enum HubEvent {
     },
     /// The publisher left; nothing more will come.
     EndOfStream,
+}
+
+impl HubEvent {
+    /// Hands the event to a frame pipeline (what every sink that needs
+    /// timed frames does with it); `EndOfStream` is the caller's to act on.
+    pub fn feed(self, pipeline: &mut FramePipeline, now: Instant) {
+        match self {
+            HubEvent::Tracks(descriptions) => {
+                let specs = descriptions
+                    .into_iter()
+                    .map(|d| TrackSpec {
+                        codec: d.codec,
+                        clock_rate: d.clock_rate,
+                        channels: d.channels,
+                    })
+                    .collect();
+                pipeline.set_tracks(specs, now);
+            }
+            HubEvent::Rtp {
+                track,
+                packet,
+                arrived,
+            } => pipeline.push_rtp(track, packet, arrived.min(now)),
+            HubEvent::SenderReport {
+                track,
+                ssrc,
+                ntp_time,
+                rtp_time,
+            } => pipeline.sender_report(track, ssrc, ntp_time, rtp_time),
+            HubEvent::EndOfStream => {}
+        }
+    }
 }
 
 /// A track as a subscriber needs to know it.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use recorder::catalog::{Catalog, Container, Finished, NewRecording, RecordingState};
 use recorder::params::{AudioParams, VideoConfig};
-use recorder::pipeline::{FramePipeline, Output, Reconnect, RunStart, TrackSpec};
+use recorder::pipeline::{FramePipeline, Output, Reconnect, RunStart};
 use recorder::rtp::Frame;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -141,31 +141,7 @@ impl Session {
     }
 
     fn on_event(&mut self, event: HubEvent, now: Instant) {
-        match event {
-            HubEvent::Tracks(descriptions) => {
-                let specs = descriptions
-                    .into_iter()
-                    .map(|d| TrackSpec {
-                        codec: d.codec,
-                        clock_rate: d.clock_rate,
-                        channels: d.channels,
-                    })
-                    .collect();
-                self.pipeline.set_tracks(specs, now);
-            }
-            HubEvent::Rtp {
-                track,
-                packet,
-                arrived,
-            } => self.pipeline.push_rtp(track, packet, arrived.min(now)),
-            HubEvent::SenderReport {
-                track,
-                ssrc,
-                ntp_time,
-                rtp_time,
-            } => self.pipeline.sender_report(track, ssrc, ntp_time, rtp_time),
-            HubEvent::EndOfStream => {}
-        }
+        event.feed(&mut self.pipeline, now);
         self.drain_pipeline(now);
     }
 
