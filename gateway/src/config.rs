@@ -179,6 +179,66 @@ pub struct Cli {
     /// the `--transcode-max` slots [default: false].
     #[arg(long, env = "WHIPCORD_HLS_TRANSCODE", num_args = 0..=1, default_missing_value = "true")]
     pub hls_transcode: Option<bool>,
+
+    /// Admin panel password. Without one, a password is generated at first
+    /// start, printed once to the log, and only its hash is kept.
+    #[arg(long, env = "WHIPCORD_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
+
+    /// Minutes an admin panel session lasts without a request [default: 60].
+    #[arg(long, env = "WHIPCORD_ADMIN_SESSION_IDLE_MINS")]
+    pub admin_session_idle_mins: Option<u64>,
+
+    /// Bearer token `/metrics` requires (open without one).
+    #[arg(long, env = "WHIPCORD_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+
+    /// TLS certificate chain (PEM) for HTTPS on the HTTP port; reloaded on
+    /// SIGHUP or when the file changes. Needs --tls-key.
+    #[arg(long, env = "WHIPCORD_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM) matching --tls-cert.
+    #[arg(long, env = "WHIPCORD_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// `self-signed`: serve HTTPS with a certificate generated once into the
+    /// data directory (its SHA-256 fingerprint is logged).
+    #[arg(long, env = "WHIPCORD_TLS")]
+    pub tls: Option<TlsMode>,
+
+    /// Get certificates for this domain over ACME (repeatable).
+    #[arg(
+        long = "acme-domain",
+        env = "WHIPCORD_ACME_DOMAIN",
+        value_delimiter = ','
+    )]
+    pub acme_domain: Vec<String>,
+
+    /// Contact e-mail for the ACME account.
+    #[arg(long, env = "WHIPCORD_ACME_EMAIL")]
+    pub acme_email: Option<String>,
+
+    /// ACME directory URL [default: Let's Encrypt production].
+    #[arg(long, env = "WHIPCORD_ACME_DIRECTORY")]
+    pub acme_directory: Option<String>,
+
+    /// PEM file of CA certificates trusted for the ACME directory (a
+    /// private CA's), besides the system's roots.
+    #[arg(long, env = "WHIPCORD_ACME_CA_FILE")]
+    pub acme_ca_file: Option<PathBuf>,
+
+    /// Also listen for plain HTTP here and redirect every request to HTTPS.
+    #[arg(long, env = "WHIPCORD_HTTP_REDIRECT_LISTEN")]
+    pub http_redirect_listen: Option<SocketAddr>,
+}
+
+/// `--tls`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    /// A certificate generated once into the data directory.
+    SelfSigned,
 }
 
 /// `--restream STREAM=URL`.
@@ -303,6 +363,17 @@ pub struct Config {
     pub hls: HlsMode,
     pub hls_idle_secs: u64,
     pub hls_transcode: bool,
+    pub admin_password: Option<String>,
+    pub admin_session_idle_mins: u64,
+    pub metrics_token: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls: Option<TlsMode>,
+    pub acme_domains: Vec<String>,
+    pub acme_email: Option<String>,
+    pub acme_directory: Option<String>,
+    pub acme_ca_file: Option<PathBuf>,
+    pub http_redirect_listen: Option<SocketAddr>,
     #[serde(rename = "stream")]
     pub streams: Vec<StreamConfig>,
 }
@@ -340,6 +411,17 @@ impl Default for Config {
             hls: HlsMode::OnDemand,
             hls_idle_secs: 60,
             hls_transcode: false,
+            admin_password: None,
+            admin_session_idle_mins: 60,
+            metrics_token: None,
+            tls_cert: None,
+            tls_key: None,
+            tls: None,
+            acme_domains: Vec::new(),
+            acme_email: None,
+            acme_directory: None,
+            acme_ca_file: None,
+            http_redirect_listen: None,
             streams: Vec::new(),
         }
     }
@@ -495,6 +577,39 @@ impl Config {
         if let Some(v) = cli.hls_transcode {
             self.hls_transcode = v;
         }
+        if let Some(v) = &cli.admin_password {
+            self.admin_password = Some(v.clone());
+        }
+        if let Some(v) = cli.admin_session_idle_mins {
+            self.admin_session_idle_mins = v;
+        }
+        if let Some(v) = &cli.metrics_token {
+            self.metrics_token = Some(v.clone());
+        }
+        if let Some(v) = &cli.tls_cert {
+            self.tls_cert = Some(v.clone());
+        }
+        if let Some(v) = &cli.tls_key {
+            self.tls_key = Some(v.clone());
+        }
+        if let Some(v) = cli.tls {
+            self.tls = Some(v);
+        }
+        if !cli.acme_domain.is_empty() {
+            self.acme_domains = cli.acme_domain.clone();
+        }
+        if let Some(v) = &cli.acme_email {
+            self.acme_email = Some(v.clone());
+        }
+        if let Some(v) = &cli.acme_directory {
+            self.acme_directory = Some(v.clone());
+        }
+        if let Some(v) = &cli.acme_ca_file {
+            self.acme_ca_file = Some(v.clone());
+        }
+        if let Some(v) = cli.http_redirect_listen {
+            self.http_redirect_listen = Some(v);
+        }
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -539,6 +654,29 @@ impl Config {
                 )));
             }
         }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError::Invalid(
+                "tls_cert and tls_key go together".into(),
+            ));
+        }
+        let tls_sources = usize::from(self.tls_cert.is_some())
+            + usize::from(self.tls.is_some())
+            + usize::from(!self.acme_domains.is_empty());
+        if tls_sources > 1 {
+            return Err(ConfigError::Invalid(
+                "choose one of tls_cert/tls_key, tls = \"self-signed\" and acme_domains".into(),
+            ));
+        }
+        if self.http_redirect_listen.is_some() && tls_sources == 0 {
+            return Err(ConfigError::Invalid(
+                "http_redirect_listen needs HTTPS (tls_cert, tls or acme_domains)".into(),
+            ));
+        }
+        if self.admin_session_idle_mins == 0 {
+            return Err(ConfigError::Invalid(
+                "admin_session_idle_mins must be > 0".into(),
+            ));
+        }
         if self.hls_idle_secs == 0 {
             return Err(ConfigError::Invalid("hls_idle_secs must be > 0".into()));
         }
@@ -553,6 +691,11 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// Whether the HTTP port serves HTTPS.
+    pub fn tls_enabled(&self) -> bool {
+        self.tls_cert.is_some() || self.tls.is_some() || !self.acme_domains.is_empty()
     }
 
     /// The per-stream table for `name`, if configured.
