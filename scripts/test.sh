@@ -24,6 +24,11 @@ command -v npm >/dev/null 2>&1 || need+=(npm)
 { [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1; } || need+=(nginx)
 [ -e /usr/lib/nginx/modules/ngx_rtmp_module.so ] || need+=(libnginx-mod-rtmp)
 [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
+# HTTPS tests: pebble (ACME test server), certutil (a browser NSS database
+# trusting the test CA), openssl (the browser test's CA and certificate).
+[ -x /usr/bin/pebble ] || need+=(pebble)
+command -v certutil >/dev/null 2>&1 || need+=(libnss3-tools)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # The libraries the gateway links (FFmpeg for the transcoder).
 . scripts/build-deps.sh
 mapfile -t -O "${#need[@]}" need < <(missing_build_deps)
@@ -51,6 +56,9 @@ cargo clippy --release --workspace --all-targets -- -D warnings
 step "cargo build (release)"
 cargo build --release --workspace --all-targets
 export WHIPCORD_BIN=$ROOT/target/release/whipcord
+
+step "Python venv for the API checks (target/pyenv)"
+. scripts/pyenv.sh
 
 step "unit and end-to-end tests"
 cargo nextest run --release --workspace --no-fail-fast
@@ -83,6 +91,53 @@ WHIPCORD_URL=http://127.0.0.1:18480 ARTIFACTS_DIR=$ARTIFACTS/browser-hls \
   timeout 150 node tests/browser/hls_player.mjs
 kill $GW; wait $GW 2>/dev/null || true
 trap - EXIT
+
+step "admin panel browser test (Playwright: login, streams, viewers, recordings, restreams, keys)"
+# A gateway of its own: the test creates a publish key, which closes its
+# stream to anonymous publishers. It starts its own nginx-rtmp.
+ADMIN_LOG=$ARTIFACTS/admin-gateway.log
+"$WHIPCORD_BIN" --http-listen 127.0.0.1:18580 --media-listen 127.0.0.1:18589 \
+  --data-dir "$(mktemp -d)" --admin-password admin-e2e-secret >"$ADMIN_LOG" 2>&1 &
+GW=$!
+trap 'kill $GW 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do
+  curl -sf http://127.0.0.1:18580/healthz >/dev/null 2>&1 && break
+  sleep 0.1
+done
+WHIPCORD_URL=http://127.0.0.1:18580 WHIPCORD_ADMIN_PASSWORD=admin-e2e-secret \
+  ARTIFACTS_DIR=$ARTIFACTS/browser-admin timeout 300 node tests/browser/admin_e2e.mjs
+kill $GW; wait $GW 2>/dev/null || true
+trap - EXIT
+
+step "HTTPS browser test (headless Chromium trusting a test CA)"
+# A test CA and a certificate for localhost, the gateway serving it on its
+# HTTP port; Chromium trusts the CA through its NSS database and publishes
+# and watches over https://localhost.
+TLS_DIR=$(mktemp -d)
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+  -subj "/CN=Whipcord browser test CA" -keyout "$TLS_DIR/ca.key" -out "$TLS_DIR/ca.pem" \
+  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
+  -keyout "$TLS_DIR/server.key" -out "$TLS_DIR/server.csr" 2>/dev/null
+openssl x509 -req -in "$TLS_DIR/server.csr" -CA "$TLS_DIR/ca.pem" -CAkey "$TLS_DIR/ca.key" \
+  -CAcreateserial -days 2 -out "$TLS_DIR/server.pem" 2>/dev/null -extfile <(printf '%s\n' \
+  'subjectAltName=DNS:localhost,IP:127.0.0.1' 'extendedKeyUsage=serverAuth' 'basicConstraints=critical,CA:FALSE')
+HTTPS_LOG=$ARTIFACTS/https-gateway.log
+"$WHIPCORD_BIN" --http-listen 127.0.0.1:18680 --media-listen 127.0.0.1:18689 \
+  --data-dir "$TLS_DIR/data" --tls-cert "$TLS_DIR/server.pem" --tls-key "$TLS_DIR/server.key" \
+  >"$HTTPS_LOG" 2>&1 &
+GW=$!
+trap 'kill $GW 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do
+  curl -sf --cacert "$TLS_DIR/ca.pem" https://localhost:18680/healthz >/dev/null 2>&1 && break
+  sleep 0.1
+done
+WHIPCORD_URL=https://localhost:18680 WHIPCORD_CA_FILE=$TLS_DIR/ca.pem \
+  ARTIFACTS_DIR=$ARTIFACTS/browser-https WHIPCORD_STREAM=browser-https \
+  timeout 150 node tests/browser/https_e2e.mjs
+kill $GW; wait $GW 2>/dev/null || true
+trap - EXIT
+rm -rf "$TLS_DIR"
 
 step "load tool smoke test (5 viewers)"
 target/release/load --spawn --viewers 5 --duration 8

@@ -3,6 +3,9 @@
 mod auth;
 mod bridge;
 mod config;
+mod control;
+#[cfg(test)]
+mod database_upgrade;
 mod http;
 mod hub;
 mod media;
@@ -10,6 +13,7 @@ mod recording;
 mod sdpfrag;
 mod signal;
 mod stream_name;
+mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +41,9 @@ fn main() -> anyhow::Result<()> {
     let config = Arc::new(config);
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    // The first certificate is loaded (or made) before anything starts: a
+    // bad certificate file stops the gateway here, not at the first client.
+    let tls = tls::Tls::from_config(&config).context("setting up HTTPS")?;
 
     // Recordings run on their own runtime: disk writes never delay the
     // media thread or the HTTP workers.
@@ -67,14 +74,53 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the HTTP runtime")?;
     runtime.block_on(async {
+        let control = Arc::new(control::GatewayControl::new(
+            media.clone(),
+            recordings.clone(),
+            bridge.clone(),
+        ));
+        let admin = web_admin::Admin::open(
+            &config.data_dir.join(recording::CATALOG_FILE),
+            web_admin::AdminConfig {
+                admin_password: config.admin_password.clone(),
+                api_token: config.api_token.clone(),
+                metrics_token: config.metrics_token.clone(),
+                session_idle: Duration::from_secs(config.admin_session_idle_mins * 60),
+                secure_cookies: config.tls_enabled(),
+            },
+            control,
+        )
+        .await
+        .context("opening the admin database")?;
         let state = Arc::new(http::AppState {
             config: config.clone(),
             media: media.clone(),
             recordings: recordings.clone(),
             bridge: bridge.clone(),
+            admin: Arc::new(admin),
         });
-        let server = http::server(state).context("binding the HTTP listener")?;
+        let tls_config = tls
+            .as_ref()
+            .map(tls::Tls::server_config)
+            .transpose()
+            .context("configuring TLS")?;
+        let server = http::server(state, tls_config).context("binding the HTTP listener")?;
         let handle = server.handle();
+        if let Some(tls) = &tls {
+            // Certificate reloads (SIGHUP, changed files) or ACME renewal.
+            tls.spawn_tasks();
+        }
+        let redirect = match config.http_redirect_listen {
+            Some(addr) => Some(
+                tls::redirect::server(addr, config.http_listen.port())
+                    .context("binding the HTTP redirect listener")?,
+            ),
+            None => None,
+        };
+        let redirect_handle = redirect.as_ref().map(|r| r.handle());
+        if let Some(redirect) = redirect {
+            tokio::spawn(redirect);
+        }
         info!(http = %config.http_listen, media = %media_addr, "whipcord is serving");
         let server_task = tokio::spawn(server);
         shutdown_signal().await;
@@ -87,6 +133,9 @@ fn main() -> anyhow::Result<()> {
         let bridge_done = bridge.clone();
         let _ =
             tokio::task::spawn_blocking(move || bridge_done.shutdown(Duration::from_secs(5))).await;
+        if let Some(redirect) = redirect_handle {
+            redirect.stop(false).await;
+        }
         handle.stop(true).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), server_task).await;
         anyhow::Ok(())

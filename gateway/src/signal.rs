@@ -61,6 +61,9 @@ impl fmt::Display for SessionId {
 pub struct ClientInfo {
     pub address: Option<SocketAddr>,
     pub user_agent: Option<String>,
+    /// The stream key the client authenticated with, so revoking the key
+    /// can end the session.
+    pub key_id: Option<i64>,
 }
 
 /// A successful WHIP/WHEP offer/answer exchange.
@@ -94,6 +97,32 @@ pub struct StreamSummary {
     pub codecs: Vec<String>,
     pub viewers: usize,
     pub uptime_s: u64,
+}
+
+/// Which sessions an [`Command::EndSessions`] ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionSelector {
+    /// One WHEP viewer of a stream.
+    Viewer {
+        stream: StreamName,
+        session: SessionId,
+    },
+    /// The publisher of a stream.
+    Publisher(StreamName),
+    /// Every session that authenticated with this stream key.
+    Key(i64),
+}
+
+/// The media plane's live state, for the admin panel and `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct Inspection {
+    /// Live streams; recording and restream fields are left for the
+    /// services that own them to fill in.
+    pub streams: Vec<web_admin::control::StreamInfo>,
+    /// (stream, viewer) of every WHEP session.
+    pub viewers: Vec<(String, web_admin::control::ViewerInfo)>,
+    /// Media counters; the recording and restream ones are left at zero.
+    pub metrics: web_admin::control::MetricsSnapshot,
 }
 
 /// Why a signalling request failed; each maps to one HTTP status.
@@ -142,6 +171,15 @@ pub enum Command {
     },
     ListStreams {
         reply: oneshot::Sender<Vec<StreamSummary>>,
+    },
+    /// Everything the admin panel shows of the media plane.
+    Inspect {
+        reply: oneshot::Sender<Inspection>,
+    },
+    /// Ends the sessions `selector` picks; replies how many ended.
+    EndSessions {
+        selector: SessionSelector,
+        reply: oneshot::Sender<usize>,
     },
     /// Start recording a live stream (no-op if it is recorded already).
     StartRecording {

@@ -318,6 +318,16 @@ impl Catalog {
         self.select(&sql, [])
     }
 
+    /// How many recordings there are and the bytes they take.
+    pub fn totals(&self) -> Result<(u64, u64), CatalogError> {
+        let (count, bytes): (i64, i64) = self.db.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(size_bytes), 0) FROM recordings",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?;
+        Ok((count.max(0) as u64, bytes.max(0) as u64))
+    }
+
     pub fn delete(&self, id: i64) -> Result<bool, CatalogError> {
         Ok(self
             .db

@@ -369,6 +369,16 @@ pub struct SignalReply {
 }
 
 pub async fn post_offer(url: &str, sdp: &str, token: Option<&str>) -> Result<SignalReply> {
+    post_offer_as(url, sdp, token, None).await
+}
+
+/// [`post_offer`] with a `User-Agent`, as OBS or a browser sends one.
+pub async fn post_offer_as(
+    url: &str,
+    sdp: &str,
+    token: Option<&str>,
+    user_agent: Option<&str>,
+) -> Result<SignalReply> {
     let client = reqwest::Client::new();
     let mut req = client
         .post(url)
@@ -376,6 +386,9 @@ pub async fn post_offer(url: &str, sdp: &str, token: Option<&str>) -> Result<Sig
         .body(sdp.to_owned());
     if let Some(t) = token {
         req = req.header("Authorization", format!("Bearer {t}"));
+    }
+    if let Some(agent) = user_agent {
+        req = req.header("User-Agent", agent);
     }
     let res = req.send().await?;
     let header = |name: &str| {
@@ -445,6 +458,8 @@ pub struct PublishOptions {
     /// NACK responder stored them), with a seeded RNG; 0 for none.
     pub loss: f64,
     pub loss_seed: u64,
+    /// The `User-Agent` of the WHIP request (none by default).
+    pub user_agent: Option<String>,
 }
 
 impl Default for PublishOptions {
@@ -460,6 +475,7 @@ impl Default for PublishOptions {
             media: None,
             loss: 0.0,
             loss_seed: 0x5eed,
+            user_agent: None,
         }
     }
 }
@@ -728,10 +744,11 @@ impl Publisher {
         if options.obs_shape {
             offer = obs_shape(&offer);
         }
-        let reply = post_offer(
+        let reply = post_offer_as(
             &format!("{base}/whip/{stream}"),
             &offer,
             options.token.as_deref(),
+            options.user_agent.as_deref(),
         )
         .await?;
         if reply.status != 201 {

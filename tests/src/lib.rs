@@ -1,6 +1,7 @@
 //! Test support for Whipcord's end-to-end tests: run the real gateway
 //! binary, and talk to it with real WebRTC peers.
 
+pub mod admin;
 pub mod api;
 pub mod bench;
 pub mod client;
@@ -10,4 +11,6 @@ pub mod media_file;
 pub mod nginx;
 pub mod probe;
 pub mod procstat;
+pub mod python;
 pub mod synth;
+pub mod tls;

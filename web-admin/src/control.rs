@@ -119,7 +119,8 @@ pub struct RecordingInfo {
 pub struct RecordingFile {
     pub path: PathBuf,
     pub file_name: String,
-    pub content_type: &'static str,
+    /// `mp4` or `webm`: picks the Content-Type.
+    pub extension: &'static str,
 }
 
 /// Filters of a recordings listing.
@@ -256,11 +257,11 @@ pub trait Control: Send + Sync + 'static {
     fn recording_totals(&self) -> Result<RecordingTotals, ControlError>;
 
     fn restreams(&self, stream: Option<&str>) -> Vec<RestreamInfo>;
-    fn add_restream(&self, new: &NewRestream) -> Result<RestreamInfo, ControlError>;
+    async fn add_restream(&self, new: &NewRestream) -> Result<RestreamInfo, ControlError>;
     fn remove_restream(&self, id: u64) -> Result<(), ControlError>;
     /// Reconnects now instead of waiting out the backoff.
     fn retry_restream(&self, id: u64) -> Result<(), ControlError>;
 
-    fn server_stats(&self) -> ServerStats;
+    async fn server_stats(&self) -> ServerStats;
     async fn metrics(&self) -> MetricsSnapshot;
 }

@@ -63,6 +63,8 @@ pub struct TargetEntry {
 
 struct Slot {
     entry: TargetEntry,
+    /// What the task was spawned with, to spawn it again on a retry.
+    config: TargetConfig,
     /// (bytes sent, when) at the last sample, and the rate since.
     last_sample: (u64, Instant),
     bitrate_bps: u64,
@@ -127,7 +129,7 @@ impl Registry {
             enhanced = new.enhanced,
             "restream target added"
         );
-        let (handle, input) = target::spawn(config, &self.inner.runtime);
+        let (handle, input) = target::spawn(config.clone(), &self.inner.runtime);
         let entry = TargetEntry {
             id,
             stream: new.stream,
@@ -139,6 +141,7 @@ impl Registry {
         };
         slots.push(Slot {
             entry: entry.clone(),
+            config,
             last_sample: (0, Instant::now()),
             bitrate_bps: 0,
         });
@@ -154,6 +157,22 @@ impl Registry {
         let slot = slots.remove(index);
         slot.entry.handle.stop();
         tracing::info!(id, stream = %slot.entry.stream, "restream target removed");
+        true
+    }
+
+    /// Replaces a target's task with a fresh one that connects at once,
+    /// instead of waiting out a backoff; false if there is no such target.
+    pub fn restart(&self, id: TargetId) -> bool {
+        let mut slots = self.slots();
+        let Some(slot) = slots.iter_mut().find(|s| s.entry.id == id) else {
+            return false;
+        };
+        slot.entry.handle.stop();
+        let (handle, input) = target::spawn(slot.config.clone(), &self.inner.runtime);
+        slot.entry.handle = handle;
+        slot.entry.input = Arc::new(input);
+        slot.last_sample = (0, Instant::now());
+        tracing::info!(id, stream = %slot.entry.stream, "restream target restarted");
         true
     }
 

@@ -93,6 +93,7 @@ async fn resource(
     };
     if let Err(err) = auth::check(
         &state.config,
+        Some(state.admin.store()),
         &stream,
         Action::Watch,
         presented_token(&req).as_deref(),

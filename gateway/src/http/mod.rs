@@ -62,17 +62,28 @@ pub struct AppState {
     pub media: MediaHandle,
     pub recordings: Recordings,
     pub bridge: Bridge,
+    pub admin: Arc<web_admin::Admin>,
 }
 
-/// Builds and binds the HTTP server; the caller awaits the returned server.
-pub fn server(state: Arc<AppState>) -> std::io::Result<actix_web::dev::Server> {
+/// Builds and binds the HTTP server (HTTPS with `tls`); the caller awaits
+/// the returned server.
+pub fn server(
+    state: Arc<AppState>,
+    tls: Option<rustls::ServerConfig>,
+) -> std::io::Result<actix_web::dev::Server> {
     let listen = state.config.http_listen;
+    let admin = web::Data::from(state.admin.clone());
     let data = web::Data::from(state);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
+            .app_data(admin.clone())
             .app_data(web::PayloadConfig::new(MAX_SDP_BYTES))
             .wrap(actix_web::middleware::from_fn(cors::add_cors_headers))
+            .wrap(actix_web::middleware::from_fn(
+                web_admin::metrics::count_requests,
+            ))
+            .configure(web_admin::configure)
             .configure(resources::routes)
             .configure(pages::routes)
             .configure(recordings::routes)
@@ -81,8 +92,12 @@ pub fn server(state: Arc<AppState>) -> std::io::Result<actix_web::dev::Server> {
     })
     .workers(2)
     .shutdown_timeout(5)
-    .disable_signals()
-    .bind(listen)?
+    .disable_signals();
+    // The same routes either way: TLS only changes how the port is bound.
+    let server = match tls {
+        Some(tls) => server.bind_rustls_0_23(listen, tls)?,
+        None => server.bind(listen)?,
+    }
     .run();
     Ok(server)
 }

@@ -113,7 +113,7 @@ fn authorize(
     state: &AppState,
     stream: &StreamName,
     role: Role,
-) -> Result<(), HttpResponse> {
+) -> Result<Option<i64>, HttpResponse> {
     let action = match role {
         Role::Publisher => Action::Publish,
         Role::Viewer => Action::Watch,
@@ -122,7 +122,8 @@ fn authorize(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    auth::check(&state.config, stream, action, auth::bearer(header)).map_err(|err| {
+    let keys = Some(state.admin.store());
+    auth::check(&state.config, keys, stream, action, auth::bearer(header)).map_err(|err| {
         warn!(%stream, ?role, peer = ?req.peer_addr(), "refused: {err}");
         HttpResponse::Unauthorized()
             .insert_header((header::WWW_AUTHENTICATE, "Bearer"))
@@ -143,9 +144,10 @@ async fn post_offer(
         Ok(s) => s,
         Err(res) => return res,
     };
-    if let Err(res) = authorize(&req, &state, &stream, role) {
-        return res;
-    }
+    let key_id = match authorize(&req, &state, &stream, role) {
+        Ok(key_id) => key_id,
+        Err(res) => return res,
+    };
     if !content_type_is(&req, SDP) {
         return text(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -165,6 +167,7 @@ async fn post_offer(
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
+        key_id,
     };
     let offer = offer.to_owned();
     let stream_for_cmd = stream.clone();

@@ -39,6 +39,12 @@ pub struct Layer {
     pub bitrate_bps: u64,
     pub packets: u64,
     pub bytes: u64,
+    /// Packets that never arrived, from gaps in the sequence numbers.
+    pub lost: u64,
+    last_seq: Option<u16>,
+    /// Frames (marker bits) since the last review, and the rate from them.
+    frames_window: u64,
+    pub fps: f64,
 }
 
 /// A published track.
@@ -142,6 +148,10 @@ impl Stream {
             bitrate_bps: 0,
             packets: 0,
             bytes: 0,
+            lost: 0,
+            last_seq: None,
+            frames_window: 0,
+            fps: 0.0,
         };
         if let Some(index) = self
             .tracks
@@ -202,6 +212,22 @@ impl Stream {
         l.packets += 1;
         l.bytes += packet.payload.len() as u64;
         l.bytes_window += packet.payload.len() as u64;
+        let seq = packet.header.sequence_number;
+        match l.last_seq {
+            Some(prev) => {
+                // Only forward steps count; a late (reordered or
+                // retransmitted) packet is neither loss nor progress.
+                let step = seq.wrapping_sub(prev);
+                if (1..0x8000).contains(&step) {
+                    l.lost += u64::from(step - 1);
+                    l.last_seq = Some(seq);
+                }
+            }
+            None => l.last_seq = Some(seq),
+        }
+        if packet.header.marker && codec.kind() == MediaKind::Video {
+            l.frames_window += 1;
+        }
         let keyframe = if codec.kind() == MediaKind::Video {
             l.gop.push(codec, packet)
         } else {
@@ -272,6 +298,8 @@ impl Stream {
             for layer in &mut track.layers {
                 layer.bitrate_bps = (layer.bytes_window as f64 * 8.0 / secs) as u64;
                 layer.bytes_window = 0;
+                layer.fps = layer.frames_window as f64 / secs;
+                layer.frames_window = 0;
             }
             if track.layers.len() < 2 {
                 continue;

@@ -94,7 +94,16 @@ pub struct Peer {
     pub src_ip: Option<std::net::IpAddr>,
     pub deadline: Option<Instant>,
     pub packets_out: u64,
+    pub bytes_out: u64,
     pub send_errors: u64,
+    /// A viewer's keyframe requests and NACKs, and the loss its last
+    /// receiver report gave.
+    pub plis: u64,
+    pub nacks: u64,
+    pub loss_pct: f64,
+    /// (when, bytes_out) at the last rate reading, and the rate.
+    pub rate_sample: (Instant, u64),
+    pub bitrate_bps: u64,
 }
 
 /// Everything fixed for all peers of this process.
@@ -368,7 +377,13 @@ impl PeerFactory {
             src_ip: None,
             deadline: None,
             packets_out: 0,
+            bytes_out: 0,
             send_errors: 0,
+            plis: 0,
+            nacks: 0,
+            loss_pct: 0.0,
+            rate_sample: (now, 0),
+            bitrate_bps: 0,
         };
         Ok((peer, sdp))
     }

@@ -1,5 +1,6 @@
 //! Lets the RTCP we act on reach the application: viewers' keyframe
-//! requests and publishers' sender reports.
+//! requests, NACKs and receiver reports (counted), and publishers' sender
+//! reports.
 //!
 //! `rtc`'s interceptor chain ends in a no-op that drops every inbound RTCP
 //! packet not marked for delivery, so without this a viewer's PLI or FIR
@@ -14,7 +15,9 @@ use std::time::Instant;
 use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::sender_report::SenderReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::sansio::Protocol;
 
 /// The registry slot: above every built-in interceptor (reports, NACK,
@@ -41,6 +44,10 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for ApplicationRtcpTap {
                 any.is::<PictureLossIndication>()
                     || any.is::<FullIntraRequest>()
                     || any.is::<SenderReport>()
+                    // Counted for the admin panel and /metrics (the NACK
+                    // responder has already acted on them below us).
+                    || any.is::<ReceiverReport>()
+                    || any.is::<TransportLayerNack>()
             });
             if wanted {
                 msg.message.add(Attribute::DeliverToApplication);

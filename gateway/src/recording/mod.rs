@@ -29,6 +29,10 @@ use crate::stream_name::StreamName;
 /// seconds of a high-bitrate stream, so a disk hiccup loses nothing.
 const QUEUE_CAPACITY: usize = 16_384;
 
+/// The database file (in the data directory) of the recordings catalog,
+/// which the admin tables share.
+pub const CATALOG_FILE: &str = "catalog.sqlite";
+
 /// The recordings service; cheap to clone.
 #[derive(Clone)]
 pub struct Recordings {
@@ -75,7 +79,7 @@ impl Recordings {
             path: dir.clone(),
             source,
         })?;
-        let catalog = Catalog::open(&config.data_dir.join("catalog.sqlite"))?;
+        let catalog = Catalog::open(&config.data_dir.join(CATALOG_FILE))?;
         retention::recover(&catalog);
         let (running, _) = watch::channel(0);
         let recordings = Self {
@@ -166,6 +170,37 @@ impl Recordings {
             }
             None => false,
         }
+    }
+
+    /// Whether `stream` is being recorded (and not just finishing a file
+    /// after a stop).
+    pub fn is_recording(&self, stream: &StreamName) -> bool {
+        self.active()
+            .get(stream)
+            .is_some_and(|active| !*active.stop.borrow())
+    }
+
+    /// Recordings being written, finishing ones included.
+    pub fn active_count(&self) -> usize {
+        self.active().len()
+    }
+
+    /// Waits (at most `limit`) until a stopped recording of `stream` has
+    /// finished its file, so a new one can start.
+    pub async fn wait_finished(&self, stream: &StreamName, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.active().contains_key(stream) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The retention limits, for the panel's totals (0: none).
+    pub fn limits(&self) -> (u64, u64) {
+        let config = &self.inner.config;
+        (
+            config.record_max_total_mb * 1024 * 1024,
+            config.record_max_age_hours,
+        )
     }
 
     /// Waits until every session has closed its file (after the media

@@ -115,7 +115,7 @@ impl Plane {
             return;
         };
         let mut replayed = 0usize;
-        let (mut sent, mut failed) = (0, 0);
+        let (mut sent, mut failed, mut bytes) = (0, 0, 0);
         for (index, slot) in tracks.iter_mut().enumerate() {
             let (Some(vt), Some(track)) = (slot.as_mut(), stream.tracks.get(index)) else {
                 continue;
@@ -136,14 +136,21 @@ impl Plane {
                 // Send each packet right away: queued as one burst, a GOP of
                 // hundreds of packets grows every pipeline stage's buffers,
                 // which then never shrink (about 1 MiB per viewer).
-                let (s, f) = Self::drain_writes(egress, pc, src_ip);
+                let (s, f, b) = Self::drain_writes(egress, pc, src_ip);
                 sent += s;
                 failed += f;
+                bytes += b;
                 replayed += 1;
             }
             vt.live = true;
         }
         peer.packets_out += sent;
+        peer.bytes_out += bytes;
+        stats.packets_out += sent;
+        stats.bytes_out += bytes;
+        if replayed > 0 {
+            stats.keyframe_cache_hits += 1;
+        }
         peer.send_errors += failed;
         stats.send_errors += failed;
         Self::flush(egress, stats, peer);
@@ -155,6 +162,7 @@ impl Plane {
             RTCMessage::RtpPacket(_, packet) => self.on_rtp(key, packet, now),
             RTCMessage::RtcpPacket(track_id, packets) => {
                 self.on_sender_reports(key, &packets);
+                self.on_viewer_feedback(key, &packets);
                 let wants_keyframe = packets.iter().any(|p| {
                     let any = p.as_any();
                     any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
@@ -165,6 +173,31 @@ impl Plane {
             }
             RTCMessage::DataChannelMessage(_, message) => self.relay_data(key, message, now),
             _ => {}
+        }
+    }
+
+    /// Counts a viewer's feedback (keyframe requests, NACKs) and keeps the
+    /// loss its receiver reports give, for the panel and `/metrics`.
+    fn on_viewer_feedback(&mut self, key: PeerKey, packets: &[Box<dyn rtc::rtcp::Packet>]) {
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        if peer.role != Role::Viewer {
+            return;
+        }
+        for packet in packets {
+            let any = packet.as_any();
+            if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {
+                peer.plis += 1;
+                self.stats.plis_received += 1;
+            } else if any.is::<TransportLayerNack>() {
+                peer.nacks += 1;
+                self.stats.nacks_received += 1;
+            } else if let Some(rr) = any.downcast_ref::<ReceiverReport>()
+                && let Some(report) = rr.reports.iter().max_by_key(|r| r.fraction_lost)
+            {
+                peer.loss_pct = f64::from(report.fraction_lost) * 100.0 / 256.0;
+            }
         }
     }
 
@@ -219,6 +252,8 @@ impl Plane {
         let Some(stream) = self.hub.get_mut(&stream_name) else {
             return;
         };
+        self.stats.packets_in += 1;
+        self.stats.bytes_in += packet.payload.len() as u64;
         let routed = stream.route(track, layer, &packet, now);
         if routed.forward {
             self.fan_out(&stream_name, track, &packet, routed.keyframe, now);
@@ -364,8 +399,9 @@ impl Plane {
                 sender_ssrc: 0,
                 media_ssrc,
             };
-            if let Err(err) = r.write_rtcp(now, vec![Box::new(pli)]) {
-                debug!("PLI upstream failed: {err}");
+            match r.write_rtcp(now, vec![Box::new(pli)]) {
+                Ok(_) => self.stats.plis_sent += 1,
+                Err(err) => debug!("PLI upstream failed: {err}"),
             }
         }
         Self::flush(&self.egress, &mut self.stats, peer);

@@ -19,7 +19,9 @@ use rtc::peer_connection::state::{RTCIceConnectionState, RTCPeerConnectionState}
 use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::sender_report::SenderReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp::Packet;
 use rtc::sansio::Protocol;
 use tokio::sync::mpsc;
@@ -44,6 +46,7 @@ use crate::signal::{
 use crate::stream_name::StreamName;
 
 mod forward;
+mod inspect;
 mod signalling;
 mod teardown;
 
@@ -100,6 +103,14 @@ pub struct Plane {
 struct PlaneStats {
     unknown_datagrams: u64,
     send_errors: u64,
+    packets_in: u64,
+    bytes_in: u64,
+    packets_out: u64,
+    bytes_out: u64,
+    plis_received: u64,
+    nacks_received: u64,
+    plis_sent: u64,
+    keyframe_cache_hits: u64,
 }
 
 impl Plane {
@@ -307,8 +318,11 @@ impl Plane {
 
     /// Sends what the peer wants sent.
     fn flush(egress: &Egress, stats: &mut PlaneStats, peer: &mut Peer) {
-        let (sent, failed) = Self::drain_writes(egress, &mut peer.pc, peer.src_ip);
+        let (sent, failed, bytes) = Self::drain_writes(egress, &mut peer.pc, peer.src_ip);
         peer.packets_out += sent;
+        peer.bytes_out += bytes;
+        stats.packets_out += sent;
+        stats.bytes_out += bytes;
         if failed > 0 {
             let before = peer.send_errors;
             peer.send_errors += failed;
@@ -320,13 +334,14 @@ impl Plane {
         }
     }
 
-    /// Sends everything a connection has queued; returns (sent, failed).
+    /// Sends everything a connection has queued; returns (sent, failed,
+    /// bytes sent).
     fn drain_writes(
         egress: &Egress,
         pc: &mut rtc::peer_connection::RTCPeerConnection,
         src_ip: Option<IpAddr>,
-    ) -> (u64, u64) {
-        let (mut sent, mut failed) = (0, 0);
+    ) -> (u64, u64, u64) {
+        let (mut sent, mut failed, mut bytes) = (0, 0, 0);
         while let Some(out) = pc.poll_write() {
             let transport = &out.transport;
             match egress.send(
@@ -335,11 +350,14 @@ impl Plane {
                 src_ip,
                 &out.message,
             ) {
-                Ok(()) => sent += 1,
+                Ok(()) => {
+                    sent += 1;
+                    bytes += out.message.len() as u64;
+                }
                 Err(_) => failed += 1,
             }
         }
-        (sent, failed)
+        (sent, failed, bytes)
     }
 
     /// Drains one peer after an input, handling everything it produced.

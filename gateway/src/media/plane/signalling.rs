@@ -71,6 +71,12 @@ impl Plane {
                     .collect();
                 let _ = reply.send(list);
             }
+            Command::Inspect { reply } => {
+                let _ = reply.send(self.inspect(now));
+            }
+            Command::EndSessions { selector, reply } => {
+                let _ = reply.send(self.end_sessions(&selector, now));
+            }
             Command::Shutdown { reply } => {
                 self.shutdown();
                 let _ = reply.send(());
