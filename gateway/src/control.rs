@@ -126,6 +126,14 @@ impl GatewayControl {
             .map_err(signal_error)
     }
 
+    fn catalog_row(&self, id: i64) -> Result<Recording, ControlError> {
+        self.recordings
+            .catalog()
+            .get(id)
+            .map_err(catalog_error)?
+            .ok_or(ControlError::NotFound("recording"))
+    }
+
     /// Grows the bytes-written counter by what recordings wrote since the
     /// last reading.
     fn recording_bytes_written(&self) -> u64 {
@@ -248,21 +256,11 @@ impl Control for GatewayControl {
     }
 
     fn recording(&self, id: i64) -> Result<RecordingInfo, ControlError> {
-        self.recordings
-            .catalog()
-            .get(id)
-            .map_err(catalog_error)?
-            .map(|r| recording_info(&r))
-            .ok_or(ControlError::NotFound("recording"))
+        self.catalog_row(id).map(|r| recording_info(&r))
     }
 
     fn recording_file(&self, id: i64) -> Result<RecordingFile, ControlError> {
-        let r = self
-            .recordings
-            .catalog()
-            .get(id)
-            .map_err(catalog_error)?
-            .ok_or(ControlError::NotFound("recording"))?;
+        let r = self.catalog_row(id)?;
         Ok(RecordingFile {
             file_name: r.file_name(),
             extension: r.container.extension(),
@@ -271,12 +269,7 @@ impl Control for GatewayControl {
     }
 
     fn delete_recording(&self, id: i64) -> Result<(), ControlError> {
-        let r = self
-            .recordings
-            .catalog()
-            .get(id)
-            .map_err(catalog_error)?
-            .ok_or(ControlError::NotFound("recording"))?;
+        let r = self.catalog_row(id)?;
         if r.state == RecordingState::Recording {
             return Err(ControlError::Conflict(
                 "the recording is still being written; stop it first".into(),

@@ -10,7 +10,7 @@
 // Exit code 0 = pass, 1 = failure (reason printed as "FAIL: ...").
 import {
   BrowserTest, commonEnv, elapsedS, fail, fillPublishForm, firstLine, gotoOrFail, log, runTest, sleep,
-  startPublishing, withToken,
+  startPublishing, waitForWatchVideo, withToken,
 } from './lib.mjs';
 
 const { base: BASE, artifacts: ARTIFACTS, stream: STREAM, codec: CODEC, token: TOKEN } = commonEnv({ defaultStream: 'x' });
@@ -61,19 +61,7 @@ async function run() {
   await gotoOrFail(watch, watchUrl);
   if (!(await watch.$('#video'))) fail('watch page is missing #video');
 
-  log('watch: waiting for videoWidth > 0');
-  const dims = await watch.waitForFunction(() => {
-    const v = document.querySelector('#video');
-    return v && v.videoWidth > 0 ? { w: v.videoWidth, h: v.videoHeight } : false;
-  }, null, { timeout: 20_000, polling: 200 }).then((h) => h.jsonValue()).catch(() => null);
-  if (!dims) {
-    const st = await watch.evaluate(() => ({
-      stats: window.whipcordStats,
-      status: document.querySelector('#status')?.textContent,
-      error: document.querySelector('#error')?.textContent,
-    })).catch(() => ({}));
-    fail(`viewer never received video (videoWidth stayed 0 for 20 s); state=${JSON.stringify(st)}`);
-  }
+  const dims = await waitForWatchVideo(watch);
   log(`watch: video ${dims.w}x${dims.h}`);
   report.steps.push(`viewer video ${dims.w}x${dims.h}`);
 

@@ -20,7 +20,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
   BrowserTest, commonEnv, elapsedS, fail, failNow, fillPublishForm, firstLine, log, runTest, sleep,
-  startPublishing,
+  startPublishing, waitForWatchVideo,
 } from './lib.mjs';
 
 if (!process.env.WHIPCORD_URL) process.env.WHIPCORD_URL = 'https://localhost:18680';
@@ -125,19 +125,7 @@ async function run() {
   // ---- viewer ----
   const watch = await session.newPage('watch');
   await gotoSecure(watch, `${BASE}/watch/${encodeURIComponent(STREAM)}`);
-  log('watch: waiting for videoWidth > 0');
-  const dims = await watch.waitForFunction(() => {
-    const v = document.querySelector('#video');
-    return v && v.videoWidth > 0 ? { w: v.videoWidth, h: v.videoHeight } : false;
-  }, null, { timeout: 20_000, polling: 200 }).then((h) => h.jsonValue()).catch(() => null);
-  if (!dims) {
-    const st = await watch.evaluate(() => ({
-      stats: window.whipcordStats,
-      status: document.querySelector('#status')?.textContent,
-      error: document.querySelector('#error')?.textContent,
-    })).catch(() => ({}));
-    fail(`viewer never received video over HTTPS (videoWidth stayed 0 for 20 s); state=${JSON.stringify(st)}`);
-  }
+  const dims = await waitForWatchVideo(watch, { context: 'over HTTPS' });
   log(`watch: video ${dims.w}x${dims.h}`);
   report.steps.push(`viewer video ${dims.w}x${dims.h} (WHEP over HTTPS)`);
 

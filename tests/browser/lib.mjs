@@ -243,3 +243,24 @@ export async function startPublishing(pub) {
 export const waitForHlsPlaying = (page, { timeoutMs, pollingMs }) => page
   .waitForFunction(() => window.whipcordHls.state === 'playing', null, { timeout: timeoutMs, polling: pollingMs })
   .then(() => true).catch(() => false);
+
+/**
+ * Waits until the watch page's #video shows a picture; fails with the page's stats and status
+ * text when it never does. Returns {w, h}. `context` names the run in the failure ("over HTTPS").
+ */
+export async function waitForWatchVideo(watch, { timeoutMs = 20_000, context = '' } = {}) {
+  log('watch: waiting for videoWidth > 0');
+  const dims = await watch.waitForFunction(() => {
+    const v = document.querySelector('#video');
+    return v && v.videoWidth > 0 ? { w: v.videoWidth, h: v.videoHeight } : false;
+  }, null, { timeout: timeoutMs, polling: 200 }).then((h) => h.jsonValue()).catch(() => null);
+  if (!dims) {
+    const st = await watch.evaluate(() => ({
+      stats: window.whipcordStats,
+      status: document.querySelector('#status')?.textContent,
+      error: document.querySelector('#error')?.textContent,
+    })).catch(() => ({}));
+    fail(`viewer never received video${context ? ' ' + context : ''} (videoWidth stayed 0 for ${timeoutMs / 1000} s); state=${JSON.stringify(st)}`);
+  }
+  return dims;
+}

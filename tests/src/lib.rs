@@ -9,6 +9,7 @@ pub mod clip;
 pub mod gateway;
 pub mod media_file;
 pub mod nginx;
+pub mod offer;
 pub mod probe;
 pub mod procstat;
 pub mod python;

@@ -6,29 +6,14 @@
 //! certificate reused at start, renewal of a short-lived certificate).
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
 use rustls_pki_types::CertificateDer;
-use tokio::sync::watch;
-use webrtc::media_stream::MediaStreamTrack;
-use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
-use webrtc::peer_connection::{
-    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
-    RTCConfigurationBuilder, RTCIceGatheringState, Registry, SettingEngineBuilder,
-    register_default_interceptors,
-};
-use webrtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
-
-use rtc::ice::{mdns::MulticastDnsMode, network_type::NetworkType};
-use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
-};
 
 use whipcord_tests::nginx::{TlsFiles, free_port, test_pki};
-use whipcord_tests::synth::{self, VideoCodec};
+use whipcord_tests::offer::publisher_offer;
 use whipcord_tests::tls::{
     Pebble, TlsGateway, TlsGatewayOptions, accepting_any, fingerprint, pem_certs, presented_chain,
     request, trusting,
@@ -84,83 +69,6 @@ fn install(from: &TlsFiles, cert: &Path, key: &Path) -> Result<()> {
     std::fs::write(key, std::fs::read(&from.key)?)?;
     std::fs::write(cert, std::fs::read(&from.cert)?)?;
     Ok(())
-}
-
-/// Tracks ICE gathering of an offer-only peer.
-struct Gathering(watch::Sender<RTCIceGatheringState>);
-
-#[async_trait::async_trait]
-impl PeerConnectionEventHandler for Gathering {
-    async fn on_ice_gathering_state_change(&self, s: RTCIceGatheringState) {
-        let _ = self.0.send(s);
-    }
-}
-
-fn sending_track(kind: RtpCodecKind, id: &str, codec: RTCRtpCodec) -> Arc<TrackLocalStaticRTP> {
-    Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
-        "whipcord-tls".into(),
-        id.into(),
-        format!("{id}-label"),
-        kind,
-        vec![RTCRtpEncodingParameters {
-            rtp_coding_parameters: RTCRtpCodingParameters {
-                ssrc: Some(rand::random::<u32>() | 1),
-                ..Default::default()
-            },
-            codec,
-            ..Default::default()
-        }],
-    )))
-}
-
-/// A real WHIP offer (Opus + H264, sendonly) and the peer that made it.
-async fn publisher_offer() -> Result<(Arc<dyn PeerConnection>, String)> {
-    let mut me = MediaEngine::default();
-    me.register_default_codecs()?;
-    let registry = register_default_interceptors(Registry::new(), &mut me)?;
-    let se = SettingEngineBuilder::new()
-        .with_multicast_dns_mode(MulticastDnsMode::Disabled)
-        .with_network_types(vec![NetworkType::Udp4])
-        .build();
-    let (tx, mut gathering) = watch::channel(RTCIceGatheringState::New);
-    let pc = PeerConnectionBuilder::new()
-        .with_configuration(RTCConfigurationBuilder::new().build())
-        .with_media_engine(me)
-        .with_setting_engine(se)
-        .with_interceptor_registry(registry)
-        .with_handler(Arc::new(Gathering(tx)))
-        .with_udp_addrs(vec!["127.0.0.1:0"])
-        .build()
-        .await?;
-    let pc: Arc<dyn PeerConnection> = Arc::new(pc);
-    for (kind, id, codec) in [
-        (RtpCodecKind::Audio, "audio", synth::opus_codec()),
-        (RtpCodecKind::Video, "video", VideoCodec::H264.rtp_codec()),
-    ] {
-        pc.add_transceiver_from_track(
-            sending_track(kind, id, codec),
-            Some(RTCRtpTransceiverInit {
-                direction: RTCRtpTransceiverDirection::Sendonly,
-                streams: vec![],
-                send_encodings: vec![],
-            }),
-        )
-        .await?;
-    }
-    let offer = pc.create_offer(None).await?;
-    pc.set_local_description(offer).await?;
-    tokio::time::timeout(
-        Duration::from_secs(5),
-        gathering.wait_for(|s| *s == RTCIceGatheringState::Complete),
-    )
-    .await
-    .context("ICE gathering timed out")??;
-    let sdp = pc
-        .local_description()
-        .await
-        .ok_or_else(|| anyhow!("no local description"))?
-        .sdp;
-    Ok((pc, sdp))
 }
 
 #[tokio::test(flavor = "multi_thread")]

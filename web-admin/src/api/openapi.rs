@@ -132,5 +132,9 @@ const DOCS_HTML: &str = include_str!("../../assets/docs.html");
 pub async fn docs_page() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
+        .insert_header((
+            "Content-Security-Policy",
+            crate::pages::CONTENT_SECURITY_POLICY,
+        ))
         .body(DOCS_HTML)
 }
