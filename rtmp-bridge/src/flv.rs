@@ -7,6 +7,9 @@
 //!
 //! The tag header (type, size, timestamp) is not here: RTMP carries those in
 //! its own message header.
+//!
+//! This file writes bodies; [`parse`] reads what publishers send (the RTMP
+//! ingest server's side).
 
 use bytes::{BufMut, Bytes, BytesMut};
 use recorder::codec::Codec;
@@ -15,6 +18,10 @@ use recorder::params::{VideoConfig, length_prefixed_nals, strip_av1_temporal_del
 use recorder::rtp::Frame;
 
 use crate::amf0::Amf0Value;
+
+pub mod parse;
+
+pub use parse::{AudioCodec, AudioTag, FlvError, VideoCodec, VideoTag};
 
 /// FLV video codec id for AVC (H264).
 pub const VIDEO_CODEC_AVC: u8 = 7;

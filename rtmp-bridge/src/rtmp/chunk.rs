@@ -18,6 +18,10 @@ pub const DEFAULT_CHUNK_SIZE: u32 = 128;
 pub const MAX_CHUNK_SIZE: u32 = 0xff_ffff;
 /// Messages carry a 24-bit length.
 pub const MAX_MESSAGE_LEN: usize = 0xff_ffff;
+/// The default bound on bytes held for half-received messages, over all
+/// chunk streams together: two maximal messages. Without it a peer could
+/// start a 16 MiB message on each of its chunk streams and never end them.
+pub const DEFAULT_MAX_PARTIAL_BYTES: usize = 2 * MAX_MESSAGE_LEN;
 /// At most this many chunk streams may be in use by the peer; more is an
 /// attack on our memory, not RTMP.
 const MAX_CHUNK_STREAMS: usize = 64;
@@ -48,6 +52,30 @@ pub enum ChunkError {
     TooManyChunkStreams,
     #[error("chunk size {0} is outside 1..=16777215")]
     BadChunkSize(u32),
+    #[error("peer announced a message of {len} bytes; the limit is {limit}")]
+    MessageOverLimit { len: usize, limit: usize },
+    #[error("peer keeps more than {limit} bytes of unfinished messages")]
+    TooMuchPartialData { limit: usize },
+}
+
+/// What the reader will hold for a peer. The peer chooses the lengths, so
+/// these are what bounds our memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReaderLimits {
+    /// Longest message accepted; a header announcing more is an error
+    /// before any of its payload is buffered.
+    pub max_message_len: usize,
+    /// Bytes held for half-received messages, all chunk streams together.
+    pub max_partial_bytes: usize,
+}
+
+impl Default for ReaderLimits {
+    fn default() -> Self {
+        ReaderLimits {
+            max_message_len: MAX_MESSAGE_LEN,
+            max_partial_bytes: DEFAULT_MAX_PARTIAL_BYTES,
+        }
+    }
 }
 
 /// Splits messages into chunks.
@@ -154,19 +182,45 @@ pub struct ChunkReader {
     buf: BytesMut,
     chunk_size: usize,
     streams: HashMap<u32, ChunkStream>,
+    limits: ReaderLimits,
+    /// Sum of the `partial` lengths in `streams`.
+    partial_bytes: usize,
 }
 
 impl Default for ChunkReader {
     fn default() -> Self {
-        Self {
-            buf: BytesMut::new(),
-            chunk_size: DEFAULT_CHUNK_SIZE as usize,
-            streams: HashMap::new(),
-        }
+        Self::with_limits(ReaderLimits::default())
     }
 }
 
 impl ChunkReader {
+    pub fn with_limits(limits: ReaderLimits) -> Self {
+        Self {
+            buf: BytesMut::new(),
+            chunk_size: DEFAULT_CHUNK_SIZE as usize,
+            streams: HashMap::new(),
+            limits,
+            partial_bytes: 0,
+        }
+    }
+
+    /// Takes effect from the next chunk header; messages already started
+    /// keep the length they announced.
+    pub fn set_limits(&mut self, limits: ReaderLimits) {
+        self.limits = limits;
+    }
+
+    pub fn limits(&self) -> ReaderLimits {
+        self.limits
+    }
+
+    /// Bytes pushed but not yet consumed as chunks: at most one incomplete
+    /// chunk when [`next_message`](Self::next_message) has returned
+    /// `Ok(None)`, more when the caller stopped taking messages.
+    pub fn unread_len(&self) -> usize {
+        self.buf.len()
+    }
+
     pub fn push(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);
     }
@@ -182,8 +236,8 @@ impl ChunkReader {
 
     /// The peer's Abort message: drop the half-received message on `csid`.
     pub fn abort(&mut self, csid: u32) {
-        if let Some(s) = self.streams.get_mut(&csid) {
-            s.partial = None;
+        if let Some(partial) = self.streams.get_mut(&csid).and_then(|s| s.partial.take()) {
+            self.partial_bytes -= partial.len();
         }
     }
 
@@ -193,29 +247,39 @@ impl ChunkReader {
             let Some(chunk) = self.peek_chunk_header()? else {
                 return Ok(None);
             };
-            let mut state = chunk.state;
-            let mut partial = match self.streams.get_mut(&chunk.csid) {
-                Some(old) if chunk.continuation => old.partial.take().unwrap_or_default(),
-                _ => BytesMut::new(),
-            };
-            let take = state
-                .length
-                .saturating_sub(partial.len())
-                .min(self.chunk_size);
+            let held = self
+                .streams
+                .get(&chunk.csid)
+                .and_then(|s| s.partial.as_ref())
+                .map_or(0, BytesMut::len);
+            let have = if chunk.continuation { held } else { 0 };
+            let take = chunk.state.length.saturating_sub(have).min(self.chunk_size);
             if self.buf.len() < chunk.header_len + take {
-                // Not all here yet: put the partial message back and parse
-                // this header again when more bytes arrive.
-                if chunk.continuation
-                    && let Some(old) = self.streams.get_mut(&chunk.csid)
-                {
-                    old.partial = Some(partial);
-                }
+                // Not all here yet: parse this header again when more
+                // bytes arrive.
                 return Ok(None);
             }
+            let done = have + take >= chunk.state.length;
+            // A new header abandons a half-received message on its chunk
+            // stream (as other implementations do), freeing its bytes.
+            let after = self.partial_bytes - held + if done { 0 } else { have + take };
+            if after > self.limits.max_partial_bytes {
+                return Err(ChunkError::TooMuchPartialData {
+                    limit: self.limits.max_partial_bytes,
+                });
+            }
+            let old = self.streams.remove(&chunk.csid);
+            let mut partial = match old.and_then(|s| s.partial) {
+                Some(p) if chunk.continuation => p,
+                // Only what arrived is allocated, never the announced
+                // length: that is the peer's claim, not data.
+                _ => BytesMut::with_capacity(take),
+            };
             self.buf.advance(chunk.header_len);
             partial.extend_from_slice(&self.buf[..take]);
             self.buf.advance(take);
-            let done = partial.len() >= state.length;
+            self.partial_bytes = after;
+            let mut state = chunk.state;
             let message = done.then(|| Message {
                 type_id: state.type_id,
                 stream_id: state.stream_id,
@@ -293,6 +357,14 @@ impl ChunkReader {
         if fmt < 2 {
             new.length = be24(&h[3..6]) as usize;
             new.type_id = h[6];
+        }
+        // Checked for every header, so a lowered limit also applies to
+        // fmt 2/3 chunks reusing an earlier length.
+        if new.length > self.limits.max_message_len && !continuation {
+            return Err(ChunkError::MessageOverLimit {
+                len: new.length,
+                limit: self.limits.max_message_len,
+            });
         }
         if fmt == 0 {
             new.stream_id = u32::from_le_bytes([h[7], h[8], h[9], h[10]]);
@@ -453,5 +525,52 @@ mod tests {
             ChunkWriter::default().write(4, &big, &mut BytesMut::new()),
             Err(ChunkError::MessageTooLarge(MAX_MESSAGE_LEN + 1))
         );
+    }
+
+    #[test]
+    fn limits_bound_what_the_peer_can_make_us_hold() {
+        let limits = ReaderLimits {
+            max_message_len: 1000,
+            max_partial_bytes: 1500,
+        };
+        // A header announcing more than the limit is refused before any of
+        // the payload has arrived.
+        let mut r = ChunkReader::with_limits(limits);
+        r.push(&[0x04, 0, 0, 0, 0, 0x03, 0xe9, 9, 1, 0, 0, 0]);
+        assert_eq!(
+            r.next_message(),
+            Err(ChunkError::MessageOverLimit {
+                len: 1001,
+                limit: 1000
+            })
+        );
+
+        // The first `n` 128-byte chunks of a 1000-byte message on `csid`.
+        let chunks = |csid: u32, n: usize| {
+            let mut w = BytesMut::new();
+            ChunkWriter::default()
+                .write(csid, &msg(9, 0, 1000), &mut w)
+                .unwrap();
+            w[..12 + 128 + (n - 1) * 129].to_vec()
+        };
+        let mut r = ChunkReader::with_limits(limits);
+        r.push(&chunks(4, 5));
+        r.push(&chunks(5, 5));
+        assert_eq!(r.next_message(), Ok(None)); // 1280 bytes held
+        // Aborting a message frees its bytes…
+        r.abort(4);
+        r.push(&chunks(6, 5));
+        assert_eq!(r.next_message(), Ok(None)); // 1280
+        // …and so does a new message abandoning a half-received one.
+        r.push(&chunks(5, 2));
+        assert_eq!(r.next_message(), Ok(None)); // 640 + 256
+        r.push(&chunks(7, 4));
+        assert_eq!(r.next_message(), Ok(None)); // 1408
+        r.push(&chunks(8, 1));
+        assert_eq!(
+            r.next_message(),
+            Err(ChunkError::TooMuchPartialData { limit: 1500 })
+        );
+        assert_eq!(ChunkReader::default().limits(), ReaderLimits::default());
     }
 }

@@ -1,5 +1,5 @@
 //! RTMP message types and the small protocol-control and command messages
-//! the client sends.
+//! the client and the ingest server send.
 
 use bytes::Bytes;
 
@@ -18,6 +18,8 @@ pub const DATA_AMF3: u8 = 15;
 pub const COMMAND_AMF3: u8 = 17;
 pub const DATA_AMF0: u8 = 18;
 pub const COMMAND_AMF0: u8 = 20;
+/// Several FLV tags in one message (servers relaying streams send them).
+pub const AGGREGATE: u8 = 22;
 
 /// User control event types.
 pub const USER_STREAM_BEGIN: u16 = 0;
@@ -51,6 +53,22 @@ pub fn acknowledgement(bytes_received: u32) -> Message {
 
 pub fn window_ack_size(size: u32) -> Message {
     control(WINDOW_ACK_SIZE, size.to_be_bytes().to_vec())
+}
+
+/// SetPeerBandwidth with limit type 2 (dynamic), what servers send after
+/// `connect`.
+pub fn set_peer_bandwidth(size: u32) -> Message {
+    let mut p = size.to_be_bytes().to_vec();
+    p.push(2);
+    control(SET_PEER_BANDWIDTH, p)
+}
+
+/// User control StreamBegin: the stream is ready (sent before
+/// `NetStream.Publish.Start`).
+pub fn stream_begin(stream_id: u32) -> Message {
+    let mut p = USER_STREAM_BEGIN.to_be_bytes().to_vec();
+    p.extend_from_slice(&stream_id.to_be_bytes());
+    control(USER_CONTROL, p)
 }
 
 pub fn ping_response(timestamp: u32) -> Message {

@@ -1,22 +1,39 @@
-//! Our own RTMP publishing client (see ARCHITECTURE.md for why not a
-//! crate): a sans-IO core (`handshake`, `chunk`, `message`, `session`) and
-//! a tokio driver (`publisher`) over TCP or TLS (`tls`).
+//! Our own RTMP (see ARCHITECTURE.md for why not a crate). Shared
+//! sans-IO protocol parts (`handshake`, `chunk`, `message`); the publishing
+//! client (`session`, driven over TCP or TLS by `publisher`, `tls`); and the
+//! ingest server for one inbound publisher (`server`, driven over TCP by
+//! `ingest`).
 
 pub mod chunk;
 pub mod handshake;
+pub mod ingest;
 pub mod message;
 pub mod publisher;
+pub mod server;
 pub mod session;
 pub mod tls;
 
 use thiserror::Error;
 
-pub use chunk::{ChunkError, ChunkReader, ChunkWriter, Message};
+pub use chunk::{ChunkError, ChunkReader, ChunkWriter, Message, ReaderLimits};
+pub use handshake::HandshakeError;
+pub use ingest::{IngestConfig, IngestConnection, IngestError};
 pub use publisher::{PublishError, RtmpPublisher};
+pub use server::{
+    PublishRequest, ServerConfig, ServerError, ServerEvent, ServerSession, ServerState,
+};
 pub use session::{Session, SessionConfig, SessionEvent, SessionState};
 pub use tls::{TlsConfig, TlsError};
 
 use crate::amf0::Amf0Error;
+
+impl From<HandshakeError> for SessionError {
+    fn from(e: HandshakeError) -> Self {
+        match e {
+            HandshakeError::Version(v) => SessionError::Version(v),
+        }
+    }
+}
 
 /// Why the RTMP session ended.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
