@@ -29,6 +29,12 @@ command -v npm >/dev/null 2>&1 || need+=(npm)
 [ -x /usr/bin/pebble ] || need+=(pebble)
 command -v certutil >/dev/null 2>&1 || need+=(libnss3-tools)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# RTSP ingest tests: a real RTSP server (GStreamer's, through its Python
+# bindings, run with the system python3) serving H264/H265 + AAC cameras.
+for pkg in gir1.2-gst-rtsp-server-1.0 python3-gst-1.0 gstreamer1.0-plugins-base \
+  gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
+done
 # The libraries the gateway links (FFmpeg for the transcoder).
 . scripts/build-deps.sh
 mapfile -t -O "${#need[@]}" need < <(missing_build_deps)
@@ -67,7 +73,7 @@ step "browser test (headless Chromium)"
 (cd tests/browser && npm ci --no-audit --no-fund --silent)
 BROWSER_LOG=$ARTIFACTS/browser-gateway.log
 "$WHIPCORD_BIN" --http-listen 127.0.0.1:18480 --media-listen 127.0.0.1:18489 \
-  --data-dir "$(mktemp -d)" >"$BROWSER_LOG" 2>&1 &
+  --rtmp-listen 127.0.0.1:18435 --data-dir "$(mktemp -d)" >"$BROWSER_LOG" 2>&1 &
 GW=$!
 trap 'kill $GW 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do
@@ -89,6 +95,18 @@ done
 WHIPCORD_URL=http://127.0.0.1:18480 ARTIFACTS_DIR=$ARTIFACTS/browser-hls \
   WHIPCORD_STREAM=browser-hls WHIPCORD_PUBLISH=1 WHIPCORD_MEASURE_LATENCY=1 \
   timeout 150 node tests/browser/hls_player.mjs
+# RTMP ingest watched in Chromium: FFmpeg publishes H264 + AAC like an
+# encoder; the browser decodes the video and the gateway's Opus transcode.
+ffmpeg -hide_banner -nostdin -loglevel error -re -f lavfi -i testsrc=size=640x360:rate=30 \
+  -re -f lavfi -i "aevalsrc='if(lt(mod(t\,1)\,0.05)\,0.5*sin(2*PI*1000*t)\,0)':s=44100:c=stereo" \
+  -t 45 -c:v libx264 -preset veryfast -tune zerolatency -bf 0 -g 60 -pix_fmt yuv420p \
+  -c:a aac -b:a 128k -f flv rtmp://127.0.0.1:18435/live/browser-rtmp \
+  >"$ARTIFACTS/rtmp-ffmpeg.log" 2>&1 &
+FF=$!
+WHIPCORD_URL=http://127.0.0.1:18480 ARTIFACTS_DIR=$ARTIFACTS/browser-rtmp \
+  WHIPCORD_STREAM=browser-rtmp WHIPCORD_CODEC=H264 \
+  timeout 90 node tests/browser/watch_ingest.mjs
+kill $FF 2>/dev/null || true; wait $FF 2>/dev/null || true
 kill $GW; wait $GW 2>/dev/null || true
 trap - EXIT
 
@@ -96,7 +114,7 @@ step "admin panel browser test (Playwright: login, streams, viewers, recordings,
 # A gateway of its own: the test creates a publish key, which closes its
 # stream to anonymous publishers. It starts its own nginx-rtmp.
 ADMIN_LOG=$ARTIFACTS/admin-gateway.log
-"$WHIPCORD_BIN" --http-listen 127.0.0.1:18580 --media-listen 127.0.0.1:18589 \
+"$WHIPCORD_BIN" --http-listen 127.0.0.1:18580 --media-listen 127.0.0.1:18589 --rtmp false \
   --data-dir "$(mktemp -d)" --admin-password admin-e2e-secret >"$ADMIN_LOG" 2>&1 &
 GW=$!
 trap 'kill $GW 2>/dev/null || true' EXIT
@@ -123,7 +141,7 @@ openssl x509 -req -in "$TLS_DIR/server.csr" -CA "$TLS_DIR/ca.pem" -CAkey "$TLS_D
   -CAcreateserial -days 2 -out "$TLS_DIR/server.pem" 2>/dev/null -extfile <(printf '%s\n' \
   'subjectAltName=DNS:localhost,IP:127.0.0.1' 'extendedKeyUsage=serverAuth' 'basicConstraints=critical,CA:FALSE')
 HTTPS_LOG=$ARTIFACTS/https-gateway.log
-"$WHIPCORD_BIN" --http-listen 127.0.0.1:18680 --media-listen 127.0.0.1:18689 \
+"$WHIPCORD_BIN" --http-listen 127.0.0.1:18680 --media-listen 127.0.0.1:18689 --rtmp false \
   --data-dir "$TLS_DIR/data" --tls-cert "$TLS_DIR/server.pem" --tls-key "$TLS_DIR/server.key" \
   >"$HTTPS_LOG" 2>&1 &
 GW=$!

@@ -231,6 +231,84 @@ pub struct Cli {
     /// Also listen for plain HTTP here and redirect every request to HTTPS.
     #[arg(long, env = "WHIPCORD_HTTP_REDIRECT_LISTEN")]
     pub http_redirect_listen: Option<SocketAddr>,
+
+    /// Accept RTMP publishers (OBS, FFmpeg, hardware encoders) [default: true].
+    #[arg(long, env = "WHIPCORD_RTMP", num_args = 0..=1, default_missing_value = "true")]
+    pub rtmp: Option<bool>,
+
+    /// TCP listen address of the RTMP ingest [default: 0.0.0.0:1935].
+    #[arg(long, env = "WHIPCORD_RTMP_LISTEN")]
+    pub rtmp_listen: Option<SocketAddr>,
+
+    /// Pull an RTSP camera as a stream: `STREAM=rtsp://user:pass@host/path`.
+    /// Repeatable; adds to the config file's `[[source]]` tables.
+    #[arg(long = "pull", env = "WHIPCORD_PULL", value_delimiter = ',')]
+    pub pull: Vec<PullFlag>,
+
+    /// Seconds an on-demand source stays connected after its last viewer,
+    /// recording or restream leaves [default: 10].
+    #[arg(long, env = "WHIPCORD_SOURCE_LINGER_SECS")]
+    pub source_linger_secs: Option<u64>,
+}
+
+/// `--pull STREAM=URL`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PullFlag {
+    pub stream: String,
+    pub url: String,
+}
+
+impl std::str::FromStr for PullFlag {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (stream, url) = s
+            .split_once('=')
+            .ok_or_else(|| "expected STREAM=rtsp://…".to_owned())?;
+        Ok(Self {
+            stream: stream.trim().to_owned(),
+            url: url.trim().to_owned(),
+        })
+    }
+}
+
+/// How an RTSP source's media travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceTransport {
+    /// Interleaved in the RTSP connection: passes NAT and firewalls, and
+    /// loses nothing; what most cameras handle best.
+    #[default]
+    Tcp,
+    /// RTP over UDP: less latency on a clean LAN, losses on a busy one.
+    Udp,
+    /// UDP, falling back to TCP when the camera refuses it.
+    Auto,
+}
+
+/// One `[[source]]` table: a stream pulled from an RTSP camera or server.
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub stream: String,
+    /// `rtsp://[user:pass@]host[:port]/path`.
+    pub url: String,
+    #[serde(default)]
+    pub transport: SourceTransport,
+    /// Connect only while a viewer, recording or restream needs the stream.
+    #[serde(default)]
+    pub on_demand: bool,
+}
+
+impl std::fmt::Debug for SourceConfig {
+    // The URL may carry the camera's password: never print it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceConfig")
+            .field("stream", &self.stream)
+            .field("transport", &self.transport)
+            .field("on_demand", &self.on_demand)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `--tls`.
@@ -374,6 +452,11 @@ pub struct Config {
     pub acme_directory: Option<String>,
     pub acme_ca_file: Option<PathBuf>,
     pub http_redirect_listen: Option<SocketAddr>,
+    pub rtmp: bool,
+    pub rtmp_listen: SocketAddr,
+    #[serde(rename = "source")]
+    pub sources: Vec<SourceConfig>,
+    pub source_linger_secs: u64,
     #[serde(rename = "stream")]
     pub streams: Vec<StreamConfig>,
 }
@@ -422,6 +505,10 @@ impl Default for Config {
             acme_directory: None,
             acme_ca_file: None,
             http_redirect_listen: None,
+            rtmp: true,
+            rtmp_listen: SocketAddr::from(([0, 0, 0, 0], 1935)),
+            sources: Vec::new(),
+            source_linger_secs: 10,
             streams: Vec::new(),
         }
     }
@@ -430,7 +517,7 @@ impl Default for Config {
 /// Default log filter: our own info lines, and only problems from the
 /// WebRTC stack, which logs every browser DTLS extension it skips.
 pub const DEFAULT_LOG: &str =
-    "info,rtc=warn,rtc_ice=warn,rtc_dtls=error,rtc_sctp=warn,rtc_interceptor=warn";
+    "info,rtc=warn,rtc_ice=warn,rtc_dtls=error,rtc_sctp=warn,rtc_interceptor=warn,retina=error";
 
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -556,6 +643,22 @@ impl Config {
                 enhanced: false,
                 ca_file: None,
             }));
+        if let Some(v) = cli.rtmp {
+            self.rtmp = v;
+        }
+        if let Some(v) = cli.rtmp_listen {
+            self.rtmp_listen = v;
+        }
+        self.sources
+            .extend(cli.pull.iter().map(|flag| SourceConfig {
+                stream: flag.stream.clone(),
+                url: flag.url.clone(),
+                transport: SourceTransport::default(),
+                on_demand: false,
+            }));
+        if let Some(v) = cli.source_linger_secs {
+            self.source_linger_secs = v;
+        }
         if let Some(v) = &cli.restream_ca_file {
             self.restream_ca_file = Some(v.clone());
         }
@@ -636,6 +739,33 @@ impl Config {
                 return Err(ConfigError::Invalid(format!(
                     "invalid stream name in [[stream]]: {:?}",
                     stream.name
+                )));
+            }
+        }
+        let mut pulled = std::collections::HashSet::new();
+        for source in &self.sources {
+            if !crate::stream_name::StreamName::is_valid(&source.stream) {
+                return Err(ConfigError::Invalid(format!(
+                    "invalid stream name in [[source]]: {:?}",
+                    source.stream
+                )));
+            }
+            if !pulled.insert(source.stream.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "stream {:?} has more than one [[source]]",
+                    source.stream
+                )));
+            }
+            // Named without the URL: it may hold the camera's password.
+            // (retina, the RTSP client, has no RTSP over TLS.)
+            let scheme_ok = source
+                .url
+                .get(..7)
+                .is_some_and(|s| s.eq_ignore_ascii_case("rtsp://"));
+            if !scheme_ok {
+                return Err(ConfigError::Invalid(format!(
+                    "source of stream {:?}: the URL must start with rtsp://",
+                    source.stream
                 )));
             }
         }

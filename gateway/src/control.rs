@@ -8,13 +8,14 @@ use std::time::{Duration, Instant};
 use recorder::catalog::{ListQuery, Recording, RecordingState};
 use web_admin::control::{
     MetricsSnapshot, NewRestream, RecordingFile, RecordingFilter, RecordingInfo, RecordingTotals,
-    RestreamInfo, ServerStats, StreamInfo, ViewerInfo,
+    RestreamInfo, ServerStats, SourceInfo, StreamInfo, ViewerInfo,
 };
 use web_admin::{Control, ControlError};
 
 use crate::bridge::Bridge;
 use crate::bridge::targets::{NewTarget, TargetError, TargetJson};
 use crate::http::MediaHandle;
+use crate::ingest::rtsp::{SourceState, Sources};
 use crate::recording::Recordings;
 use crate::signal::{Command, Inspection, SessionId, SessionSelector, SignalError};
 use crate::stream_name::StreamName;
@@ -23,6 +24,7 @@ pub struct GatewayControl {
     media: MediaHandle,
     recordings: Recordings,
     bridge: Bridge,
+    sources: Sources,
     started: Instant,
     rates: Mutex<RateSampler>,
     /// Last seen size per recording, so bytes written only ever grow even
@@ -101,11 +103,17 @@ fn catalog_error(err: recorder::catalog::CatalogError) -> ControlError {
 }
 
 impl GatewayControl {
-    pub fn new(media: MediaHandle, recordings: Recordings, bridge: Bridge) -> Self {
+    pub fn new(
+        media: MediaHandle,
+        recordings: Recordings,
+        bridge: Bridge,
+        sources: Sources,
+    ) -> Self {
         Self {
             media,
             recordings,
             bridge,
+            sources,
             started: Instant::now(),
             rates: Mutex::new(RateSampler::default()),
             written: Mutex::new((HashMap::new(), 0)),
@@ -290,6 +298,31 @@ impl Control for GatewayControl {
             max_total_bytes,
             max_age_hours,
         })
+    }
+
+    fn sources(&self) -> Vec<SourceInfo> {
+        self.sources
+            .statuses()
+            .into_iter()
+            .map(|s| SourceInfo {
+                stream: s.stream,
+                url: s.url,
+                transport: s.transport.to_owned(),
+                on_demand: s.on_demand,
+                state: match s.state {
+                    SourceState::Idle => "idle",
+                    SourceState::Connecting => "connecting",
+                    SourceState::Live => "live",
+                    SourceState::Retrying => "retrying",
+                    SourceState::Failed => "failed",
+                }
+                .to_owned(),
+                last_error: s.last_error,
+                connected_s: s.connected_s,
+                reconnects: s.reconnects,
+                codecs: s.codecs,
+            })
+            .collect()
     }
 
     fn restreams(&self, stream: Option<&str>) -> Vec<RestreamInfo> {

@@ -8,6 +8,7 @@ mod control;
 mod database_upgrade;
 mod http;
 mod hub;
+mod ingest;
 mod media;
 mod recording;
 mod sdpfrag;
@@ -64,8 +65,17 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the bridge runtime")?;
     let bridge = bridge::Bridge::new(config.clone(), bridge_runtime.handle().clone());
+    // On-demand RTSP sources connect while the media plane counts
+    // consumers for them.
+    let (demand, demand_receivers) = ingest::demand::Demand::new(
+        config
+            .sources
+            .iter()
+            .filter(|s| s.on_demand)
+            .filter_map(|s| stream_name::StreamName::parse(&s.stream)),
+    );
     let (media, media_thread, media_addr) =
-        media::start(config.clone(), recordings.clone(), bridge.clone())
+        media::start(config.clone(), recordings.clone(), bridge.clone(), demand)
             .context("starting the media plane")?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -74,10 +84,12 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the HTTP runtime")?;
     runtime.block_on(async {
+        let sources = ingest::rtsp::Sources::start(config.clone(), media.clone(), demand_receivers);
         let control = Arc::new(control::GatewayControl::new(
             media.clone(),
             recordings.clone(),
             bridge.clone(),
+            sources.clone(),
         ));
         let admin = web_admin::Admin::open(
             &config.data_dir.join(recording::CATALOG_FILE),
@@ -92,13 +104,17 @@ fn main() -> anyhow::Result<()> {
         )
         .await
         .context("opening the admin database")?;
+        let admin = Arc::new(admin);
         let state = Arc::new(http::AppState {
             config: config.clone(),
             media: media.clone(),
             recordings: recordings.clone(),
             bridge: bridge.clone(),
-            admin: Arc::new(admin),
+            admin: admin.clone(),
         });
+        if config.rtmp {
+            start_rtmp_ingest(&config, &media, &admin).await?;
+        }
         let tls_config = tls
             .as_ref()
             .map(tls::Tls::server_config)
@@ -125,6 +141,9 @@ fn main() -> anyhow::Result<()> {
         let server_task = tokio::spawn(server);
         shutdown_signal().await;
         info!("shutting down");
+        // Cameras get their TEARDOWN, and their streams end like any
+        // publisher's.
+        sources.shutdown(Duration::from_secs(3)).await;
         if let Err(err) = media.request(|reply| Command::Shutdown { reply }).await {
             warn!("media plane shutdown: {err}");
         }
@@ -146,6 +165,35 @@ fn main() -> anyhow::Result<()> {
         warn!("media thread panicked");
     }
     info!("bye");
+    Ok(())
+}
+
+/// Listens for RTMP publishers. The default port may be taken by another
+/// RTMP server on the machine; that costs only RTMP ingest, said in the
+/// log. A port the operator chose must work.
+async fn start_rtmp_ingest(
+    config: &Arc<Config>,
+    media: &http::MediaHandle,
+    admin: &Arc<web_admin::Admin>,
+) -> anyhow::Result<()> {
+    let listener = match tokio::net::TcpListener::bind(config.rtmp_listen).await {
+        Ok(listener) => listener,
+        Err(err) if config.rtmp_listen == Config::default().rtmp_listen => {
+            warn!(address = %config.rtmp_listen, "RTMP ingest disabled: cannot listen: {err}");
+            return Ok(());
+        }
+        Err(err) => {
+            return Err(err).with_context(|| format!("binding RTMP on {}", config.rtmp_listen));
+        }
+    };
+    let address = listener.local_addr().context("RTMP listener address")?;
+    info!(rtmp = %address, "RTMP ingest listening");
+    let ingest = Arc::new(ingest::rtmp::RtmpIngest::new(
+        config.clone(),
+        media.clone(),
+        admin.clone(),
+    ));
+    tokio::spawn(ingest.serve(listener));
     Ok(())
 }
 

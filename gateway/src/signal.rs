@@ -146,9 +146,73 @@ pub enum SignalError {
     Internal(String),
 }
 
+/// How a publisher that is not a WebRTC peer reaches us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestProtocol {
+    Rtmp,
+    Rtsp,
+}
+
+impl IngestProtocol {
+    pub fn label(self) -> &'static str {
+        match self {
+            IngestProtocol::Rtmp => "RTMP",
+            IngestProtocol::Rtsp => "RTSP",
+        }
+    }
+}
+
+/// A stream claimed by an RTMP or RTSP publisher: its key in the plane, and
+/// a receiver that completes when the plane ends the publisher (kicked by
+/// the admin, replaced, shut down), so the connection can close.
+#[derive(Debug)]
+pub struct IngestLease {
+    pub key: crate::hub::PeerKey,
+    pub ended: oneshot::Receiver<String>,
+}
+
+/// What an RTMP or RTSP publisher sends the media plane once it holds its
+/// stream (see [`Command::IngestOpen`]).
+#[derive(Debug)]
+pub enum IngestCommand {
+    /// The publisher's tracks, known once its codec headers came. Sent
+    /// again if they change.
+    Tracks(Vec<crate::hub::subscriber::TrackDescription>),
+    /// RTP packets of one frame of track `track` (index into `Tracks`).
+    Media {
+        track: usize,
+        packets: Vec<rtc::rtp::Packet>,
+    },
+    /// The source's clock: `ntp_time` (32.32) at `rtp_time` on `track`.
+    SenderReport {
+        track: usize,
+        ssrc: u32,
+        ntp_time: u64,
+        rtp_time: u32,
+    },
+    /// Something the operator should know, shown with the stream (e.g.
+    /// "disable B-frames in the encoder"); `None` clears it.
+    Notice(Option<String>),
+    /// The publisher left; `why` is logged.
+    Close { why: String },
+}
+
 /// A request to the media plane.
 #[derive(Debug)]
 pub enum Command {
+    /// Claims `stream` for an RTMP/RTSP publisher, under the same rules
+    /// as a WHIP offer (409 while another publisher is live).
+    IngestOpen {
+        stream: StreamName,
+        protocol: IngestProtocol,
+        client: ClientInfo,
+        reply: oneshot::Sender<Result<IngestLease, SignalError>>,
+    },
+    /// Media and state of an ingest publisher.
+    Ingest {
+        key: crate::hub::PeerKey,
+        command: IngestCommand,
+    },
     Offer {
         role: Role,
         stream: StreamName,

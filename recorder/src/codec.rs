@@ -18,8 +18,10 @@ pub enum Codec {
     G711u,
     G711a,
     /// AAC-LC. Never negotiated over WebRTC (so [`Codec::from_mime`] does
-    /// not map it): the transcoder makes it for RTMP and HLS, whose players
-    /// expect it, and the MP4 writer stores it.
+    /// not map it): RTMP and RTSP sources publish it, the transcoder makes
+    /// it for RTMP and HLS, whose players expect it, and the MP4 writer
+    /// stores it. In RTP it is RFC 3640 `mpeg4-generic`, AAC-hbr mode
+    /// ([`crate::rtp::packetize::aac_payload`]).
     Aac,
 }
 

@@ -4,7 +4,11 @@
 //! SDP; containers need both before the first sample (MP4's `avcC`,
 //! `vpcC`, `av1C`; WebM's pixel size and AV1 CodecPrivate). So a recording
 //! starts at a keyframe and reads them from it: the H264 SPS/PPS, the VP8
-//! and VP9 keyframe headers, the AV1 sequence header OBU.
+//! and VP9 keyframe headers, the AV1 sequence header OBU. Sources that do
+//! state their configuration (RTMP sequence headers, RTSP's SDP) are read
+//! with the same parsers: an H264 SPS also tells whether the stream has
+//! B-frames ([`H264Sps::reorders_frames`]), and an AAC AudioSpecificConfig
+//! its rate and channels ([`AacConfig`]).
 //!
 //! Everything here is a pure function of untrusted bytes: short or corrupt
 //! input gives `None`, never a panic.
@@ -13,6 +17,11 @@ use bytes::Bytes;
 
 use crate::codec::Codec;
 use crate::rtp::Frame;
+
+mod aac;
+mod vui;
+
+pub use aac::AacConfig;
 
 /// The audio track of a recording (Opus).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -400,7 +409,8 @@ fn h264_config(data: &[u8]) -> Option<VideoConfig> {
     })
 }
 
-/// The fields of an H264 SPS that containers need.
+/// The fields of an H264 SPS that containers need, and what it says about
+/// frame reordering (B-frames).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct H264Sps {
     pub profile_idc: u8,
@@ -412,6 +422,26 @@ pub struct H264Sps {
     /// Displayed size: coded macroblocks minus the cropping window.
     pub width: u32,
     pub height: u32,
+    /// 0, 1 or 2; type 2 ties output order to decoding order.
+    pub pic_order_cnt_type: u8,
+    /// From the VUI's bitstream restriction; `None` when the SPS has none
+    /// (it is optional) or the VUI could not be read.
+    pub max_num_reorder_frames: Option<u32>,
+}
+
+impl H264Sps {
+    /// Whether frames come out of the decoder in another order than they
+    /// go in (B-frames, so composition offsets in containers): `Some(false)`
+    /// for Baseline (no B slices), POC type 2 (output order is decoding
+    /// order by definition) or a bitstream restriction of zero reordered
+    /// frames; `Some(true)` for a restriction above zero; `None` when the
+    /// SPS does not say.
+    pub fn reorders_frames(&self) -> Option<bool> {
+        if self.profile_idc == 66 || self.pic_order_cnt_type == 2 {
+            return Some(false);
+        }
+        self.max_num_reorder_frames.map(|n| n > 0)
+    }
 }
 
 /// Parses an H264 SPS NAL unit (header byte included), ITU-T H.264 §7.3.2.1.
@@ -467,7 +497,8 @@ pub fn parse_h264_sps(nal: &[u8]) -> Option<H264Sps> {
         }
     }
     r.ue()?; // log2_max_frame_num_minus4
-    match r.ue()? {
+    let pic_order_cnt_type = r.ue()?;
+    match pic_order_cnt_type {
         0 => {
             r.ue()?; // log2_max_pic_order_cnt_lsb_minus4
         }
@@ -518,6 +549,12 @@ pub fn parse_h264_sps(nal: &[u8]) -> Option<H264Sps> {
     let width = (width_mbs * 16).checked_sub(crop_unit_x * (crop_l + crop_r))?;
     let height =
         (height_map_units * 16 * field_factor).checked_sub(crop_unit_y * (crop_t + crop_b))?;
+    // The size is known by now: a VUI that is absent, truncated or corrupt
+    // only loses the reorder fact, not the whole SPS.
+    let max_num_reorder_frames = match r.bit() {
+        Some(true) => vui::max_num_reorder_frames(&mut r),
+        _ => None,
+    };
     Some(H264Sps {
         profile_idc,
         constraint_flags,
@@ -527,6 +564,8 @@ pub fn parse_h264_sps(nal: &[u8]) -> Option<H264Sps> {
         bit_depth_chroma: bit_depth_chroma as u8,
         width: u32::try_from(width).ok().filter(|w| *w > 0)?,
         height: u32::try_from(height).ok().filter(|h| *h > 0)?,
+        pic_order_cnt_type: pic_order_cnt_type as u8,
+        max_num_reorder_frames,
     })
 }
 
@@ -1015,6 +1054,89 @@ mod tests {
         let sps = parse_h264_sps(SPS_BASELINE).expect("sps");
         assert_eq!((sps.width, sps.height), (320, 240));
         assert_eq!(sps.profile_idc, 66);
+    }
+
+    /// SPS written by libx264 (FFmpeg 5.1) for one 320x240 frame:
+    /// `ffmpeg -f lavfi -i testsrc2=size=320x240 -frames:v 1 -c:v libx264
+    /// [options] -f h264 -`, with the options below; the SPS is the NAL
+    /// unit of type 7 in the Annex B output. `trace_headers` agrees on
+    /// the fields tested.
+    ///
+    /// Defaults (High, 3 B-frames, B-pyramid): POC type 0, 2 reordered.
+    const SPS_X264_BF3: &[u8] = &[
+        0x67, 0x64, 0x00, 0x0d, 0xac, 0xd9, 0x41, 0x41, 0xfb, 0x01, 0x10, 0x00, 0x00, 0x03, 0x00,
+        0x10, 0x00, 0x00, 0x03, 0x03, 0x20, 0xf1, 0x42, 0x99, 0x60,
+    ];
+    /// `-bf 0`: POC type 2, no reordering.
+    const SPS_X264_BF0: &[u8] = &[
+        0x67, 0x64, 0x00, 0x0d, 0xac, 0xb2, 0x02, 0x83, 0xf6, 0x02, 0x20, 0x00, 0x00, 0x03, 0x00,
+        0x20, 0x00, 0x00, 0x06, 0x41, 0xe2, 0x85, 0x49,
+    ];
+    /// `-profile:v baseline`.
+    const SPS_X264_BASELINE: &[u8] = &[
+        0x67, 0x42, 0xc0, 0x0d, 0xd9, 0x01, 0x41, 0xfb, 0x01, 0x10, 0x00, 0x00, 0x03, 0x00, 0x10,
+        0x00, 0x00, 0x03, 0x03, 0x20, 0xf1, 0x42, 0xa4, 0x80,
+    ];
+    /// `-tune zerolatency`: High, no B-frames.
+    const SPS_X264_ZEROLATENCY: &[u8] = &[
+        0x67, 0x64, 0x00, 0x0d, 0xac, 0xb2, 0x02, 0x83, 0xf6, 0x02, 0x20, 0x00, 0x00, 0x03, 0x00,
+        0x20, 0x00, 0x00, 0x06, 0x51, 0xe2, 0x85, 0x49,
+    ];
+    /// A VUI with every section before the bitstream restriction: `-b:v
+    /// 300k -maxrate 300k -bufsize 600k -x264-params nal-hrd=cbr -bsf:v
+    /// h264_metadata=sample_aspect_ratio=5/3:overscan_appropriate_flag=1:
+    /// video_full_range_flag=1:colour_primaries=1:transfer_characteristics=1:
+    /// matrix_coefficients=1:chroma_sample_loc_type=1` (extended SAR,
+    /// overscan, signal type with colour description, chroma location,
+    /// timing, NAL HRD), and 3 B-frames: 2 reordered.
+    const SPS_X264_HRD: &[u8] = &[
+        0x67, 0x64, 0x00, 0x0d, 0xac, 0xd9, 0x41, 0x41, 0xfb, 0xff, 0x00, 0x05, 0x00, 0x03, 0xf7,
+        0x01, 0x01, 0x01, 0xa5, 0x00, 0x00, 0x03, 0x00, 0x01, 0x00, 0x00, 0x03, 0x00, 0x32, 0x60,
+        0x40, 0x01, 0x24, 0xf0, 0x00, 0x49, 0x3f, 0x9b, 0x0c, 0x01, 0xe2, 0x85, 0x32, 0xc0,
+    ];
+
+    #[test]
+    fn h264_sps_reorder_facts() {
+        let facts = |nal: &[u8]| {
+            let sps = parse_h264_sps(nal).expect("sps");
+            assert_eq!((sps.width, sps.height), (320, 240));
+            (
+                sps.profile_idc,
+                sps.pic_order_cnt_type,
+                sps.max_num_reorder_frames,
+                sps.reorders_frames(),
+            )
+        };
+        assert_eq!(facts(SPS_X264_BF3), (100, 0, Some(2), Some(true)));
+        assert_eq!(facts(SPS_X264_BF0), (100, 2, Some(0), Some(false)));
+        assert_eq!(facts(SPS_X264_BASELINE), (66, 2, Some(0), Some(false)));
+        assert_eq!(facts(SPS_X264_ZEROLATENCY), (100, 2, Some(0), Some(false)));
+        assert_eq!(facts(SPS_X264_HRD), (100, 0, Some(2), Some(true)));
+        // A VUI cut short loses the restriction, not the size.
+        assert_eq!(facts(&SPS_X264_HRD[..24]), (100, 0, None, None));
+        for len in 0..SPS_X264_HRD.len() {
+            let _ = parse_h264_sps(&SPS_X264_HRD[..len]);
+        }
+    }
+
+    #[test]
+    fn h264_reorder_rules() {
+        let base = parse_h264_sps(SPS_X264_BF3).expect("sps");
+        let with = |poc, reorder| H264Sps {
+            pic_order_cnt_type: poc,
+            max_num_reorder_frames: reorder,
+            ..base
+        };
+        // POC type 0 says nothing by itself; the restriction decides.
+        assert_eq!(with(0, Some(0)).reorders_frames(), Some(false));
+        assert_eq!(with(0, None).reorders_frames(), None);
+        assert_eq!(with(1, Some(1)).reorders_frames(), Some(true));
+        assert_eq!(with(2, None).reorders_frames(), Some(false));
+        let baseline = H264Sps {
+            profile_idc: 66,
+            ..with(0, None)
+        };
+        assert_eq!(baseline.reorders_frames(), Some(false));
     }
 
     #[test]

@@ -57,6 +57,9 @@ pub struct TrackSpec {
     pub codec: Codec,
     pub clock_rate: u32,
     pub channels: u16,
+    /// A track the sinks must leave alone (e.g. an Opus transcode made for
+    /// WebRTC viewers beside the publisher's own AAC).
+    pub ignored: bool,
 }
 
 /// What a run does when a new publisher takes over (new SSRCs).
@@ -133,6 +136,7 @@ struct TrackPipe {
 impl TrackPipe {
     fn new(label: &str, spec: TrackSpec) -> Self {
         let assembler = match FrameAssembler::new(spec.codec) {
+            _ if spec.ignored => None,
             Ok(a) => Some(a),
             Err(err) => {
                 warn!(stream = label, "track skipped: {err}");

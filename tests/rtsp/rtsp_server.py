@@ -1,11 +1,14 @@
 #!/usr/bin/python3
-"""Test RTSP camera: /cam (H264+AAC), /cam265 (H265+AAC), /camg711 (H264+PCMU), /camb (H264 Main with B-frames + AAC).
-Usage: /usr/bin/python3 rtsp_server.py PORT [USER PASS]   (prints READY when listening)
+"""Test RTSP camera: /cam (H264+AAC), /cam265 (H265+AAC), /camg711 (H264+PCMU), /camb (H264 Main with B-frames + AAC),
+and /marks: the MP4 file named by $MARKS_FILE (H264 + AAC), played once per client from its start;
+/video: the same for $VIDEO_FILE, an H264-only MP4.
+Usage: /usr/bin/python3 rtsp_server.py PORT [USER PASS]   (prints READY when listening, and
+CLIENT CONNECTED / CLIENT CLOSED lines as clients come and go)
 
 The real RTSP server the RTSP-pull tests (issue 7) will run. Needs Debian's
 python3-gst-1.0, gir1.2-gst-rtsp-server-1.0 and gstreamer1.0-plugins-{base,good,bad,ugly}
 plus gstreamer1.0-libav; run it with /usr/bin/python3 (a venv lacks `gi`)."""
-import signal, sys
+import os, signal, sys
 import gi
 gi.require_version("Gst", "1.0"); gi.require_version("GstRtsp", "1.0")
 gi.require_version("GstRtspServer", "1.0")
@@ -35,6 +38,24 @@ for path, launch in (("/cam", H264 + " " + AAC), ("/cam265", H265 + " " + AAC),
         f.add_role_from_structure(Gst.Structure.new_from_string(
             "user, media.factory.access=(boolean)true, media.factory.construct=(boolean)true"))
     mounts.add_factory(path, f)
+marks = os.environ.get("MARKS_FILE")
+if marks:
+    f = GstRtspServer.RTSPMediaFactory()
+    f.set_launch('( filesrc location="%s" ! qtdemux name=d '
+                 'd.video_0 ! queue ! h264parse ! rtph264pay name=pay0 pt=96 config-interval=-1 '
+                 'd.audio_0 ! queue ! aacparse ! rtpmp4gpay name=pay1 pt=97 )' % marks)
+    mounts.add_factory("/marks", f)
+video = os.environ.get("VIDEO_FILE")
+if video:   # an H264-only MP4 (the ingest benchmark's camera), played once per client from its start
+    f = GstRtspServer.RTSPMediaFactory()
+    f.set_launch('( filesrc location="%s" ! qtdemux ! queue ! h264parse '
+                 '! rtph264pay name=pay0 pt=96 config-interval=-1 )' % video)
+    mounts.add_factory("/video", f)
+
+def on_client(_server, client):
+    print("CLIENT CONNECTED", flush=True)
+    client.connect("closed", lambda _c: print("CLIENT CLOSED", flush=True))
+server.connect("client-connected", on_client)
 if len(sys.argv) > 3:
     auth = GstRtspServer.RTSPAuth()
     auth.set_supported_methods(GstRtsp.RTSPAuthMethod.DIGEST)

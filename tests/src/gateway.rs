@@ -47,6 +47,9 @@ pub struct Gateway {
     pub http: SocketAddr,
     pub media: SocketAddr,
     media_bind: SocketAddr,
+    /// The RTMP ingest's address (a free loopback port: the default 1935
+    /// would be shared by every gateway of a parallel test run).
+    pub rtmp: SocketAddr,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
     options: GatewayOptions,
@@ -95,6 +98,7 @@ impl Gateway {
         let media_port = free_udp_port()?;
         let media = SocketAddr::from(([127, 0, 0, 1], media_port));
         let media_bind = SocketAddr::new(options.media_ip.unwrap_or(media.ip()), media_port);
+        let rtmp = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()?));
         std::fs::create_dir_all(data_dir)?;
         let log_path = data_dir.join("gateway.log");
         let mut gateway = Self {
@@ -102,6 +106,7 @@ impl Gateway {
             http,
             media,
             media_bind,
+            rtmp,
             data_dir: data_dir.to_owned(),
             log_path,
             options,
@@ -138,6 +143,8 @@ impl Gateway {
             .arg(self.media_bind.to_string())
             .arg("--data-dir")
             .arg(&self.data_dir)
+            .arg("--rtmp-listen")
+            .arg(self.rtmp.to_string())
             .args(&self.options.args)
             .env(
                 "WHIPCORD_LOG",
@@ -185,6 +192,10 @@ impl Gateway {
     }
 
     /// `http://127.0.0.1:PORT`, no trailing slash.
+    pub fn rtmp_addr(&self) -> SocketAddr {
+        self.rtmp
+    }
+
     pub fn base_url(&self) -> String {
         self.url("")
     }

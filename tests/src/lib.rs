@@ -13,5 +13,6 @@ pub mod offer;
 pub mod probe;
 pub mod procstat;
 pub mod python;
+pub mod rtsp;
 pub mod synth;
 pub mod tls;

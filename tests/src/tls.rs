@@ -299,6 +299,8 @@ impl TlsGateway {
             .arg(self.media.to_string())
             .arg("--data-dir")
             .arg(&self.data_dir)
+            // Not under test here; the default port is shared by parallel runs.
+            .args(["--rtmp", "false"])
             .args(&self.args)
             .env(
                 "WHIPCORD_LOG",

@@ -257,10 +257,11 @@
     const e = {
       publisher: t('publisher'), codecs: t('codecs'), bitrate: t('bitrate'), loss: t('loss'),
       viewers: t('viewer-count', 'big'), recording: t('recording'), restreams: t('restreams'), uptime: t('uptime'),
+      notice: h('p.warning', { testid: `notice-${name}`, role: 'alert', hidden: true }),
     };
     const spark = sparkline(`Bit rate in over the last minute`);
     const el = h('dl.figs', null,
-      fig('Publisher', e.publisher, 'wide'),
+      fig('Publisher', [e.publisher, e.notice], 'wide'),
       fig('Codecs', e.codecs, 'wide'),
       fig('Bit rate in', [e.bitrate, spark.el]),
       fig('Loss', e.loss),
@@ -272,7 +273,9 @@
       el,
       update(s) {
         const p = s.publisher;
-        setText(e.publisher, p ? [p.software || p.user_agent || 'unknown software', p.address].filter(Boolean).join(' · ') : 'none');
+        setText(e.publisher, p ? [p.protocol, p.software || p.user_agent || 'unknown software', p.address].filter(Boolean).join(' · ') : 'none');
+        setText(e.notice, p && p.notice ? p.notice : '');
+        e.notice.hidden = !(p && p.notice);
         setText(e.codecs, codecsText(s.tracks) || '–');
         setText(e.bitrate, fmtBitrate(s.bitrate_in_bps));
         spark.draw(live.rates.get(name) || [s.bitrate_in_bps]);
@@ -461,6 +464,32 @@
       });
       empty.hidden = sorted.length > 0;
     }
+
+    // RTSP cameras: shown when the configuration has any.
+    const sources = table('sources-table', ['Stream', 'Camera', 'State', 'Codecs', ['Reconnects', 'num'], 'Last error']);
+    const sourcesSection = h('section', { 'aria-labelledby': 'h-sources', hidden: true, testid: 'sources' },
+      h('h2', { id: 'h-sources' }, 'Cameras (RTSP)'), sources.el);
+    main.append(sourcesSection);
+    async function refreshSources() {
+      const page = await api('GET', '/api/v1/sources?per_page=500').catch(() => null);
+      if (!ctx.alive || !page) return;
+      const items = page.items || [];
+      sourcesSection.hidden = items.length === 0;
+      keyedRows(sources.tbody, items, (x) => x.stream, (x, tr) => {
+        tr.dataset.testid = `source-row-${x.stream}`;
+        const c = { url: h('td.wrap'), state: badge('', `source-state-${x.stream}`), codecs: h('td'), reconnects: h('td.num'), error: h('td.wrap') };
+        add(tr, [h('td', null, h('a', { href: '/admin/streams/' + enc(x.stream) }, x.stream)), c.url, h('td', null, c.state), c.codecs, c.reconnects, c.error]);
+        return (y) => {
+          setText(c.url, y.url + ' · ' + y.transport + (y.on_demand ? ' · on demand' : ''));
+          setBadge(c.state, y.state);
+          setText(c.codecs, (y.codecs || []).join(', '));
+          setText(c.reconnects, String(y.reconnects));
+          setText(c.error, y.last_error || '');
+        };
+      }, 'No cameras.', 6);
+    }
+    refreshSources();
+    ctx.every(3000, refreshSources);
 
     let gotLive = false;
     ctx.onCleanup(live.subscribe((snap) => { gotLive = true; update(snap.server, snap.streams || []); }));

@@ -44,6 +44,13 @@ pub struct PublisherInfo {
     pub connected_s: u64,
     /// The stream key it published with, if it used one.
     pub key_id: Option<i64>,
+    /// How it publishes: `WHIP`, `RTMP` or `RTSP`.
+    #[serde(default)]
+    pub protocol: String,
+    /// Something about the publisher's encoder the operator should fix,
+    /// e.g. "H264 with B-frames: disable B-frames in the encoder".
+    #[serde(default)]
+    pub notice: Option<String>,
 }
 
 /// One published track.
@@ -219,6 +226,28 @@ pub struct MetricsSnapshot {
     pub process_resident_bytes: u64,
 }
 
+/// An RTSP source the gateway pulls (a camera), with its live state.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SourceInfo {
+    pub stream: String,
+    /// The camera's URL without its credentials.
+    pub url: String,
+    /// `tcp`, `udp` or `auto`.
+    pub transport: String,
+    /// Connected only while someone watches or restreams the stream.
+    pub on_demand: bool,
+    /// `idle`, `connecting`, `live`, `retrying` or `failed`.
+    pub state: String,
+    /// The latest failure, kept after recovery.
+    pub last_error: Option<String>,
+    /// Seconds the current connection has been live.
+    pub connected_s: Option<u64>,
+    /// Reconnection attempts after failures.
+    pub reconnects: u64,
+    /// Codecs of the current or last connection.
+    pub codecs: Vec<String>,
+}
+
 /// Why the gateway could not do what was asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ControlError {
@@ -261,6 +290,9 @@ pub trait Control: Send + Sync + 'static {
     fn remove_restream(&self, id: u64) -> Result<(), ControlError>;
     /// Reconnects now instead of waiting out the backoff.
     fn retry_restream(&self, id: u64) -> Result<(), ControlError>;
+
+    /// RTSP sources, in configuration order.
+    fn sources(&self) -> Vec<SourceInfo>;
 
     async fn server_stats(&self) -> ServerStats;
     async fn metrics(&self) -> MetricsSnapshot;

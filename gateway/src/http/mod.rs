@@ -38,6 +38,15 @@ impl MediaHandle {
         Self { tx }
     }
 
+    /// Sends a command that has no reply, waiting while the plane's queue
+    /// is full (backpressure on the sender's own connection).
+    pub async fn send(&self, command: Command) -> Result<(), SignalError> {
+        self.tx
+            .send(command)
+            .await
+            .map_err(|_| SignalError::ShuttingDown)
+    }
+
     /// Sends the command built by `make` and waits for its reply.
     pub async fn request<T>(
         &self,

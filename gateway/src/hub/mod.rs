@@ -17,7 +17,7 @@ use rtc::rtp::Packet;
 
 use crate::stream_name::StreamName;
 use gop::GopCache;
-use subscriber::{HubEvent, SubscriberSender, TrackDescription};
+use subscriber::{Audience, HubEvent, SubscriberSender, TrackDescription};
 
 /// Identifies a peer connection on the media thread.
 pub type PeerKey = u64;
@@ -238,7 +238,8 @@ impl Stream {
             t.pending = None;
         }
         let forward = t.active == layer;
-        if forward && !self.subscribers.is_empty() {
+        let to_sinks = t.description.audience != Audience::Viewers;
+        if forward && to_sinks && !self.subscribers.is_empty() {
             self.subscribers.retain(|s| {
                 s.send(HubEvent::Rtp {
                     track,
@@ -432,6 +433,7 @@ mod tests {
             clock_rate: 90_000,
             channels: 0,
             fmtp: String::new(),
+            audience: Default::default(),
         }
     }
 

@@ -51,6 +51,7 @@ impl HubEvent {
                         codec: d.codec,
                         clock_rate: d.clock_rate,
                         channels: d.channels,
+                        ignored: d.audience == Audience::Viewers,
                     })
                     .collect();
                 pipeline.set_tracks(specs, now);
@@ -78,6 +79,24 @@ pub struct TrackDescription {
     pub clock_rate: u32,
     pub channels: u16,
     pub fmtp: String,
+    pub audience: Audience,
+}
+
+/// Who gets a track. An RTMP or RTSP publisher's AAC goes to recordings and
+/// restreams as sent, while WebRTC viewers get an Opus transcode of it:
+/// two hub tracks, one for each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Audience {
+    #[default]
+    Everyone,
+    /// WebRTC viewers only (a transcode made for them).
+    Viewers,
+    /// Recordings, restreams and HLS only (a codec WebRTC cannot carry).
+    Sinks,
+    /// The sinks, and the viewers that cannot take the source's own codec
+    /// of this kind (Opus made from a camera's G.711, which browsers play
+    /// but recordings cannot hold).
+    Fallback,
 }
 
 struct Queue {

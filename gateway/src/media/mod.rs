@@ -24,6 +24,7 @@ use tracing::info;
 use crate::bridge::Bridge;
 use crate::config::Config;
 use crate::http::MediaHandle;
+use crate::ingest::demand::Demand;
 use crate::recording::Recordings;
 use crate::signal::Command;
 
@@ -32,6 +33,7 @@ pub fn start(
     config: Arc<Config>,
     recordings: Recordings,
     bridge: Bridge,
+    demand: Demand,
 ) -> anyhow::Result<(MediaHandle, JoinHandle<()>, SocketAddr)> {
     let socket_addr = config.media_listen;
     let std_socket = udp::MediaSocket::bind_std(socket_addr)?;
@@ -72,6 +74,7 @@ pub fn start(
                     config,
                     recordings,
                     bridge,
+                    demand,
                     std_socket,
                     tcp_listener,
                     candidates,

@@ -31,7 +31,7 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
 use crate::hub::PeerKey;
 use crate::hub::rewrite::Rewriter;
-use crate::hub::subscriber::TrackDescription;
+use crate::hub::subscriber::{Audience, TrackDescription};
 use crate::media::sdp_scan::OfferSummary;
 use crate::signal::{ClientInfo, Role, SessionId, SignalError};
 use crate::stream_name::StreamName;
@@ -197,6 +197,9 @@ impl PeerFactory {
             Role::Publisher => media_engine.register_default_codecs().map_err(internal)?,
             Role::Viewer => {
                 for (index, description) in viewer_tracks.iter().enumerate() {
+                    if description.audience == Audience::Sinks {
+                        continue;
+                    }
                     let kind = match description.codec.kind() {
                         MediaKind::Audio => RtpCodecKind::Audio,
                         MediaKind::Video => RtpCodecKind::Video,
@@ -245,7 +248,7 @@ impl PeerFactory {
         if role == Role::Viewer {
             for description in viewer_tracks {
                 let kind = description.codec.kind();
-                if !summary.receives(kind) {
+                if !summary.receives(kind) || description.audience == Audience::Sinks {
                     viewer_senders.push(None);
                     continue;
                 }
@@ -533,6 +536,7 @@ impl Peer {
             clock_rate: codec.rtp_codec.clock_rate,
             channels: codec.rtp_codec.channels,
             fmtp: codec.rtp_codec.sdp_fmtp_line.clone(),
+            audience: Audience::Everyone,
         };
         Some(description)
     }

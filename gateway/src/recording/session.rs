@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use recorder::catalog::{Catalog, Container, Finished, NewRecording, RecordingState};
+use recorder::codec::Codec;
 use recorder::params::{AudioParams, VideoConfig};
 use recorder::pipeline::{FramePipeline, Output, Reconnect, RunStart};
 use recorder::rtp::Frame;
@@ -188,7 +189,13 @@ impl Session {
         let video_codec = run.video.as_ref().map(|(_, codec, _)| *codec);
         let audio_codec = run.audio.as_ref().map(|(_, codec, _)| *codec);
         let timing = run.timing;
-        let container = self.context.format.container_for(video_codec);
+        // WebM has no AAC: an RTMP or RTSP source's AAC goes to MP4 whatever
+        // the video.
+        let container = if audio_codec == Some(Codec::Aac) {
+            Container::Mp4
+        } else {
+            self.context.format.container_for(video_codec)
+        };
         let started = SystemTime::now();
         let path = naming::new_file_path(
             &self.context.dir,
@@ -196,8 +203,8 @@ impl Session {
             started,
             container.extension(),
         );
-        let writer =
-            Writer::create(container, &path, video_config, audio).map_err(|e| e.to_string())?;
+        let writer = Writer::create(container, &path, video_config, audio_codec.zip(audio))
+            .map_err(|e| e.to_string())?;
         let new = NewRecording {
             stream: self.context.stream.to_string(),
             container,

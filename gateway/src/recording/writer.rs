@@ -5,7 +5,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use recorder::catalog::Container;
-use recorder::mp4::{Mp4Options, Mp4Recording};
+use recorder::codec::Codec;
+use recorder::mp4::{AudioTrackConfig, Mp4Options, Mp4Recording};
 use recorder::params::{AudioParams, VideoConfig};
 use recorder::rtp::Frame;
 use recorder::webm::WebmRecording;
@@ -28,13 +29,17 @@ impl Writer {
         container: Container,
         path: &Path,
         video: Option<&VideoConfig>,
-        audio: Option<AudioParams>,
+        audio: Option<(Codec, AudioParams)>,
     ) -> Result<Self, WriteError> {
         Ok(match container {
-            Container::Mp4 => Self::Mp4(Box::new(Mp4Recording::create(
+            Container::Mp4 => Self::Mp4(Box::new(Mp4Recording::create_with_audio(
                 path,
                 video.cloned(),
-                audio,
+                audio.map(|(codec, params)| match codec {
+                    // An RTMP or RTSP source's own AAC, kept as sent.
+                    Codec::Aac => AudioTrackConfig::Aac(params),
+                    _ => AudioTrackConfig::Opus(params),
+                }),
                 Mp4Options {
                     fragment: Duration::from_secs(1),
                 },
@@ -42,7 +47,7 @@ impl Writer {
             Container::Webm => Self::Webm(Box::new(WebmRecording::create(
                 path,
                 video.cloned(),
-                audio,
+                audio.map(|(_, params)| params),
             )?)),
         })
     }

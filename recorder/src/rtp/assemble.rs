@@ -5,6 +5,9 @@
 //! after it until the next keyframe: a decoder fed a damaged reference shows
 //! corrupt pictures until then anyway, and a recording must decode cleanly.
 //! Drops are counted so the caller can log them.
+//!
+//! Audio packets are frames on their own (Opus), or carry several (AAC,
+//! RFC 3640): no loss spreads past the packet it hit.
 
 use bytes::{Bytes, BytesMut};
 use rtc::rtp::Packet;
@@ -15,6 +18,7 @@ use rtc::rtp::codec::vp8::Vp8Packet;
 use rtc::rtp::codec::vp9::Vp9Packet;
 use rtc::rtp::packetizer::Depacketizer;
 
+use super::aac;
 use super::reorder::Released;
 use super::unwrap::TimestampUnwrapper;
 use crate::codec::{Codec, MediaKind};
@@ -25,10 +29,14 @@ pub struct Frame {
     pub codec: Codec,
     /// RTP timestamp, unwrapped; in the track's clock rate.
     pub timestamp: i64,
+    /// Video: the frame decodes on its own. Audio: always set, every
+    /// audio frame decodes on its own (a sync sample in MP4, a key block
+    /// in Matroska).
     pub keyframe: bool,
     /// H264/H265: NAL units with 4-byte lengths (AVC/HEVC sample format,
     /// parameter sets in-band); VP8/VP9: the frame; AV1: OBUs with size
-    /// fields; Opus: one packet.
+    /// fields; Opus: one packet; AAC: one raw access unit (no ADTS
+    /// header).
     pub data: Bytes,
 }
 
@@ -54,13 +62,14 @@ pub struct FrameAssembler {
     need_keyframe: bool,
     /// Frames dropped because of loss (damaged, or waiting for a keyframe).
     pub dropped_frames: u64,
-    /// Frames whose payloads the depacketizer rejected.
+    /// Frames whose payloads the depacketizer rejected; for AAC, packets
+    /// (a fragmented access unit counts once per fragment).
     pub malformed_frames: u64,
 }
 
 impl FrameAssembler {
     pub fn new(codec: Codec) -> Result<Self, AssembleError> {
-        if matches!(codec, Codec::G711u | Codec::G711a | Codec::Aac) {
+        if matches!(codec, Codec::G711u | Codec::G711a) {
             return Err(AssembleError::Unsupported(codec));
         }
         Ok(Self {
@@ -74,7 +83,8 @@ impl FrameAssembler {
     }
 
     /// Feeds what the reorder buffer released; returns the frames that
-    /// completed (at most two: the previous one and a one-packet frame).
+    /// completed (video: at most two, the previous one and a one-packet
+    /// frame; AAC: the packet's access units).
     pub fn push(&mut self, released: Released) -> Vec<Frame> {
         let mut out = Vec::new();
         match released {
@@ -92,6 +102,10 @@ impl FrameAssembler {
     }
 
     fn push_packet(&mut self, packet: Packet, out: &mut Vec<Frame>) {
+        if self.codec == Codec::Aac {
+            self.push_aac(&packet, out);
+            return;
+        }
         if self.codec.kind() == MediaKind::Audio {
             // Every audio packet is a frame of its own.
             let timestamp = packet.header.timestamp;
@@ -128,6 +142,30 @@ impl FrameAssembler {
         partial.payloads.push(packet.payload);
         if packet.header.marker {
             self.finish(out);
+        }
+    }
+
+    /// RFC 3640 AAC-hbr: each access unit of the packet is a frame, the
+    /// first at the packet's timestamp and each next one [`aac::AU_SAMPLES`]
+    /// later (the RTP clock is the sampling rate). A packet that is not a
+    /// whole set of units, a fragment of a large unit included, is dropped
+    /// as malformed: senders fragment only units larger than a packet, and
+    /// AAC-LC units are a few hundred bytes at usual bitrates (768 per
+    /// channel at most).
+    fn push_aac(&mut self, packet: &Packet, out: &mut Vec<Frame>) {
+        let Some(units) = aac::access_units(&packet.payload) else {
+            self.malformed_frames += 1;
+            return;
+        };
+        let mut timestamp = self.timestamps.unwrap(packet.header.timestamp);
+        for data in units {
+            out.push(Frame {
+                codec: Codec::Aac,
+                timestamp,
+                keyframe: true,
+                data,
+            });
+            timestamp += aac::AU_SAMPLES;
         }
     }
 
@@ -178,6 +216,9 @@ fn depacketize(codec: Codec, payloads: &[Bytes]) -> Option<Bytes> {
     }
     match codec {
         Codec::H264 => {
+            if !payloads.iter().all(|p| stap_a_is_whole(p)) {
+                return None;
+            }
             let mut d = H264Packet::default();
             d.is_avc = true;
             run(d, payloads)
@@ -197,8 +238,31 @@ fn depacketize(codec: Codec, payloads: &[Bytes]) -> Option<Bytes> {
         Codec::Av1 => run(Av1Depacketizer::new(), payloads),
         Codec::Opus => run(OpusPacket, payloads),
         Codec::H265 => depacketize_h265(payloads),
+        // AAC never gets here: its packets split in `push_aac`.
         Codec::G711u | Codec::G711a | Codec::Aac => None,
     }
+}
+
+/// Whether an H264 payload that is a STAP-A (type 24) splits exactly into
+/// its (u16 size, NAL unit) entries; other payloads pass. `rtc`'s
+/// depacketizer indexes past the end of a STAP-A with one stray trailing
+/// byte (rtc-rtp 0.21.1 panics there), so such payloads never reach it.
+fn stap_a_is_whole(payload: &[u8]) -> bool {
+    if payload.first().is_none_or(|b| b & 0x1f != 24) {
+        return true;
+    }
+    let mut rest = &payload[1..];
+    while !rest.is_empty() {
+        let [hi, lo, ..] = *rest else {
+            return false;
+        };
+        let size = usize::from(u16::from_be_bytes([hi, lo]));
+        let Some(next) = rest.get(2 + size..) else {
+            return false;
+        };
+        rest = next;
+    }
+    true
 }
 
 /// RFC 7798 payloads of one access unit → NAL units with 4-byte lengths.
@@ -413,6 +477,22 @@ mod tests {
         ] {
             assert_eq!(depacketize_h265(&[Bytes::copy_from_slice(payload)]), None);
         }
+    }
+
+    #[test]
+    fn h264_broken_stap_a_is_malformed_not_a_panic() {
+        for payload in [
+            &[0x78, 0x00, 0x01, 0x67, 0x42][..], // one stray trailing byte
+            &[0x78, 0x00, 0x05, 0x67][..],       // size past the end
+        ] {
+            assert!(!stap_a_is_whole(payload));
+            assert_eq!(
+                depacketize(Codec::H264, &[Bytes::copy_from_slice(payload)]),
+                None
+            );
+        }
+        assert!(stap_a_is_whole(&[0x78, 0, 1, 0x67, 0, 1, 0x68]));
+        assert!(stap_a_is_whole(&[0x65, 0x88]));
     }
 
     #[test]

@@ -4,8 +4,13 @@
 //! late or retransmitted packets, explicit gaps) and then a
 //! [`FrameAssembler`] (one codec frame per RTP timestamp, depacketized,
 //! never emitted broken: after a gap it waits for the next keyframe).
+//!
+//! [`packetize`] goes the other way, for media that reaches the gateway as
+//! frames (RTMP ingest, RTSP sources once depacketized).
 
+mod aac;
 mod assemble;
+pub mod packetize;
 mod reorder;
 mod unwrap;
 

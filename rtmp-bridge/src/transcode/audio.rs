@@ -20,7 +20,7 @@ use ffmpeg_next as ffmpeg;
 use recorder::codec::Codec;
 use recorder::rtp::Frame;
 
-use super::{TranscodeError, TranscodeStats, log_dropped, single_threaded};
+use super::{Drift, TranscodeError, TranscodeStats, extradata, log_dropped, single_threaded};
 
 /// Opus always decodes at 48 kHz, and AAC keeps that rate: no resampling.
 pub const AAC_SAMPLE_RATE: u32 = 48_000;
@@ -29,16 +29,7 @@ pub const AAC_SAMPLE_RATE: u32 = 48_000;
 pub const AAC_CHANNELS: u32 = 2;
 const RATE: i64 = AAC_SAMPLE_RATE as i64;
 const CHANNELS: usize = AAC_CHANNELS as usize;
-
-/// An input this much later than the next expected sample is a gap; less
-/// is jitter of the timing (an Opus frame is at least 2.5 ms).
-const GAP_MIN_NS: i64 = 2_500_000;
-/// Gaps up to this long are filled with silence; longer ones re-anchor.
-const GAP_MAX_NS: i64 = 1_000_000_000;
-/// An input this much earlier than expected (the sender's audio clock is
-/// faster than the timeline, or the timeline was rebased) loses its
-/// overlapping samples, so audio cannot drift behind video without bound.
-const EARLY_MAX_NS: i64 = 20_000_000;
+const NS_PER_SECOND: i64 = 1_000_000_000;
 
 /// A stretch of the encoder's sample timeline anchored at one time.
 #[derive(Debug, Clone, Copy)]
@@ -174,34 +165,37 @@ impl OpusToAac {
             return 0;
         };
         let drift = time_ns.saturating_sub(self.time_of(self.queued));
-        if drift.abs() > GAP_MAX_NS {
-            // Close the current segment on a frame boundary, so the next
-            // frame starts exactly at the new anchor.
-            self.pad_to_frame();
-            self.encode_whole_frames(out, stats);
-            stats.audio_reanchors += 1;
-            let timestamp = ns_to_samples(time_ns.saturating_sub(origin));
-            self.segments.push_back(Segment {
-                pts: self.queued,
-                time_ns,
-                timestamp,
-            });
-            0
-        } else if drift > GAP_MIN_NS {
-            let silence = ns_to_samples(drift).max(0) as usize;
-            for fifo in &mut self.fifo {
-                fifo.resize(fifo.len() + silence, 0.0);
+        match Drift::of(drift, NS_PER_SECOND) {
+            Drift::Reanchor => {
+                // Close the current segment on a frame boundary, so the
+                // next frame starts exactly at the new anchor.
+                self.pad_to_frame();
+                self.encode_whole_frames(out, stats);
+                stats.audio_reanchors += 1;
+                let timestamp = ns_to_samples(time_ns.saturating_sub(origin));
+                self.segments.push_back(Segment {
+                    pts: self.queued,
+                    time_ns,
+                    timestamp,
+                });
+                0
             }
-            self.queued += silence as i64;
-            stats.silence_samples += silence as u64;
-            self.encode_whole_frames(out, stats);
-            0
-        } else if drift < -EARLY_MAX_NS {
-            let overlap = ns_to_samples(-drift).max(0) as usize;
-            stats.trimmed_samples += overlap.min(self.scratch[0].len()) as u64;
-            overlap
-        } else {
-            0
+            Drift::Gap(gap) => {
+                let silence = ns_to_samples(gap).max(0) as usize;
+                for fifo in &mut self.fifo {
+                    fifo.resize(fifo.len() + silence, 0.0);
+                }
+                self.queued += silence as i64;
+                stats.silence_samples += silence as u64;
+                self.encode_whole_frames(out, stats);
+                0
+            }
+            Drift::Early(early) => {
+                let overlap = ns_to_samples(early).max(0) as usize;
+                stats.trimmed_samples += overlap.min(self.scratch[0].len()) as u64;
+                overlap
+            }
+            Drift::OnTime => 0,
         }
     }
 
@@ -328,7 +322,7 @@ impl OpusToAac {
     }
 }
 
-fn open_decoder() -> Result<codec::decoder::Audio, TranscodeError> {
+pub(super) fn open_decoder() -> Result<codec::decoder::Audio, TranscodeError> {
     const WHAT: &str = "Opus decoder";
     // The native decoder: it outputs planar float, what the AAC encoder
     // takes, so no conversion is needed in the common case.
@@ -372,24 +366,9 @@ fn open_encoder(bitrate: u32) -> Result<codec::encoder::audio::Encoder, Transcod
         .map_err(|e| TranscodeError::open(WHAT, e))
 }
 
-/// The codec context's extradata (for the AAC encoder with
-/// `GLOBAL_HEADER`: the AudioSpecificConfig).
-pub(crate) fn extradata(ctx: &codec::Context) -> &[u8] {
-    // SAFETY: the context is open and owned by `ctx` for the borrow's
-    // lifetime; FFmpeg keeps `extradata_size` bytes at `extradata`.
-    unsafe {
-        let ptr = ctx.as_ptr();
-        let size = usize::try_from((*ptr).extradata_size).unwrap_or(0);
-        if (*ptr).extradata.is_null() || size == 0 {
-            return &[];
-        }
-        std::slice::from_raw_parts((*ptr).extradata, size)
-    }
-}
-
 /// Appends one decoded frame to `out` as planar stereo f32, whatever of
 /// the decoders' usual layouts it comes in (mono is duplicated).
-fn append_stereo(
+pub(super) fn append_stereo(
     frame: &frame::Audio,
     out: &mut [Vec<f32>; CHANNELS],
 ) -> Result<(), ffmpeg::Error> {

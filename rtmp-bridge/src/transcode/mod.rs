@@ -17,8 +17,13 @@
 //! first sample). `Frame::timestamp` is, for AAC, the 48 kHz sample count
 //! since the run's first AAC frame (a re-anchored gap adds its length);
 //! for H264, the run time in 90 kHz units.
+//!
+//! The other direction, AAC or G.711 → Opus for WebRTC viewers of RTMP
+//! and RTSP sources, is [`ToOpus`]: a plain codec stage the ingest drives
+//! itself, with the same policy for gaps and clock trouble (`Drift`).
 
 mod audio;
+mod to_opus;
 mod video;
 
 use std::collections::VecDeque;
@@ -33,6 +38,7 @@ use recorder::rtp::Frame;
 use tracing::{info, warn};
 
 pub use audio::{AAC_CHANNELS, AAC_SAMPLE_RATE};
+pub use to_opus::{OPUS_SAMPLE_RATE, OpusPacket, OpusSource, ToOpus, ToOpusStats};
 
 /// Other outputs wait for a lagging transcoded track at most this long
 /// (behind the newest input), so a stalled codec never stalls the stream.
@@ -90,6 +96,8 @@ pub enum TranscodeError {
     Config { what: &'static str, message: String },
     #[error("no H264 keyframe came out of the video encoder before the run ended")]
     NoKeyframe,
+    #[error("unreadable AAC AudioSpecificConfig {0:02x?}")]
+    AudioSpecificConfig(Vec<u8>),
 }
 
 impl TranscodeError {
@@ -568,5 +576,109 @@ fn single_threaded(ctx: &mut ffmpeg::codec::Context) {
 fn log_dropped(what: &str, count: u64, err: &dyn std::fmt::Display) {
     if count == 1 || count.is_multiple_of(500) {
         warn!("{what}: frame dropped ({count} so far): {err}");
+    }
+}
+
+/// Where a chunk of decoded audio starts against where the samples before
+/// it ended on a stage's timeline (its drift), and what the stage does
+/// about it. Shared by both audio directions, so a publisher's gaps and
+/// clock trouble come out the same on every output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drift {
+    /// Within timing jitter (an Opus frame is at least 2.5 ms; RTMP's
+    /// millisecond timestamps are off by up to 0.5 ms): it follows on.
+    OnTime,
+    /// Later by this much, at most a second: the gap is filled with
+    /// silence, so the output stays continuous.
+    Gap(i64),
+    /// Earlier by this much, more than 20 ms: as many of its first samples
+    /// are dropped, so audio cannot drift behind video without bound when
+    /// the sender's audio clock runs faster than its timestamps.
+    Early(i64),
+    /// Off by more than a second either way (a long gap, a clock jump or
+    /// reset): too much to fill, so a new timeline segment starts at it.
+    Reanchor,
+}
+
+impl Drift {
+    /// Classifies `drift`, counted in units of which `per_second` make a
+    /// second (nanoseconds, or samples at the stage's rate).
+    fn of(drift: i64, per_second: i64) -> Self {
+        if drift.unsigned_abs() > per_second.unsigned_abs() {
+            Self::Reanchor
+        } else if drift > per_second / 400 {
+            Self::Gap(drift)
+        } else if drift < -(per_second / 50) {
+            Self::Early(-drift)
+        } else {
+            Self::OnTime
+        }
+    }
+}
+
+/// A codec context's extradata (an open AAC encoder's with
+/// `GLOBAL_HEADER`: the AudioSpecificConfig).
+fn extradata(ctx: &ffmpeg::codec::Context) -> &[u8] {
+    // SAFETY: the context is owned by `ctx` for the borrow's lifetime;
+    // FFmpeg keeps `extradata_size` bytes at `extradata`.
+    unsafe {
+        let ptr = ctx.as_ptr();
+        let size = usize::try_from((*ptr).extradata_size).unwrap_or(0);
+        if (*ptr).extradata.is_null() || size == 0 {
+            return &[];
+        }
+        std::slice::from_raw_parts((*ptr).extradata, size)
+    }
+}
+
+/// Gives a decoder context, not yet opened, its extradata (AAC: the
+/// AudioSpecificConfig). ffmpeg-next has no setter; FFmpeg frees the
+/// buffer with the context, so it must come from its allocator, with the
+/// zeroed padding its bitstream readers may read past the end.
+fn set_extradata(ctx: &mut ffmpeg::codec::Context, data: &[u8]) -> Result<(), TranscodeError> {
+    let size = i32::try_from(data.len()).map_err(|_| TranscodeError::Config {
+        what: "decoder",
+        message: format!("extradata of {} bytes", data.len()),
+    })?;
+    let padded = data.len() + ffmpeg::ffi::AV_INPUT_BUFFER_PADDING_SIZE as usize;
+    // SAFETY: `buf` is a fresh allocation of `padded` zeroed bytes, of
+    // which the first `data.len()` are written; the context frees any
+    // extradata it had (none, for a new one) and takes this buffer over.
+    unsafe {
+        let buf = ffmpeg::ffi::av_mallocz(padded).cast::<u8>();
+        if buf.is_null() {
+            return Err(TranscodeError::Config {
+                what: "decoder",
+                message: "out of memory for extradata".into(),
+            });
+        }
+        std::ptr::copy_nonoverlapping(data.as_ptr(), buf, data.len());
+        let ptr = ctx.as_mut_ptr();
+        ffmpeg::ffi::av_freep((&raw mut (*ptr).extradata).cast());
+        (*ptr).extradata = buf;
+        (*ptr).extradata_size = size;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drift_thresholds_are_the_same_in_every_unit() {
+        for per_second in [1_000_000_000, 48_000] {
+            assert_eq!(Drift::of(0, per_second), Drift::OnTime);
+            assert_eq!(Drift::of(per_second / 400, per_second), Drift::OnTime);
+            let gap = per_second / 400 + 1;
+            assert_eq!(Drift::of(gap, per_second), Drift::Gap(gap));
+            assert_eq!(Drift::of(per_second, per_second), Drift::Gap(per_second));
+            assert_eq!(Drift::of(-per_second / 50, per_second), Drift::OnTime);
+            let early = per_second / 50 + 1;
+            assert_eq!(Drift::of(-early, per_second), Drift::Early(early));
+            assert_eq!(Drift::of(per_second + 1, per_second), Drift::Reanchor);
+            assert_eq!(Drift::of(-per_second - 1, per_second), Drift::Reanchor);
+            assert_eq!(Drift::of(i64::MIN, per_second), Drift::Reanchor);
+        }
     }
 }

@@ -8,6 +8,7 @@ pub mod openapi;
 mod recordings;
 mod restreams;
 mod server;
+mod sources;
 mod streams;
 mod tokens;
 
@@ -97,6 +98,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .configure(streams::routes)
                 .configure(recordings::routes)
                 .configure(restreams::routes)
+                .configure(sources::routes)
                 .configure(keys::routes)
                 .configure(tokens::routes)
                 .configure(audit::routes)

@@ -5,14 +5,14 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{audit, keys, recordings, restreams, server, streams, tokens};
+use super::{audit, keys, recordings, restreams, server, sources, streams, tokens};
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "Whipcord API",
         description = "Manage a Whipcord gateway: live streams, viewers, recordings, restream \
-                       targets, stream keys, API tokens and the audit log. Authenticate with \
+                       targets, RTSP sources, stream keys, API tokens and the audit log. Authenticate with \
                        `Authorization: Bearer <API token>`, or with an admin panel session \
                        cookie plus the `X-CSRF-Token` header on state-changing requests. \
                        Errors are `{\"error\": {\"code\", \"message\"}}`."
@@ -24,6 +24,7 @@ use super::{audit, keys, recordings, restreams, server, streams, tokens};
         recordings::list, recordings::totals, recordings::show, recordings::remove,
         recordings::download,
         restreams::list, restreams::add, restreams::remove, restreams::retry,
+        sources::list,
         keys::list, keys::create, keys::revoke,
         tokens::list, tokens::create, tokens::revoke,
         audit::list,
@@ -35,6 +36,7 @@ use super::{audit, keys, recordings, restreams, server, streams, tokens};
         (name = "streams", description = "Live streams, viewers and publishers"),
         (name = "recordings", description = "The recordings catalog"),
         (name = "restreams", description = "RTMP restream targets"),
+        (name = "sources", description = "RTSP cameras the gateway pulls"),
         (name = "keys", description = "Stream keys for publishing and watching"),
         (name = "tokens", description = "API tokens"),
         (name = "audit", description = "The audit log"),

@@ -35,6 +35,20 @@ impl Plane {
                     .connected_at
                     .map_or(0, |t| now.saturating_duration_since(t).as_secs()),
                 key_id: p.client.key_id,
+                protocol: "WHIP".to_owned(),
+                notice: None,
+            });
+            let publisher = publisher.or_else(|| {
+                self.ingests.get(&publisher_key).map(|i| PublisherInfo {
+                    session: i.session.to_string(),
+                    address: i.client.address.map(|a| a.to_string()),
+                    user_agent: i.client.user_agent.clone(),
+                    software: i.client.user_agent.clone(),
+                    connected_s: now.saturating_duration_since(i.started).as_secs(),
+                    key_id: i.client.key_id,
+                    protocol: i.protocol.label().to_owned(),
+                    notice: i.notice.clone(),
+                })
             });
             let mut tracks = Vec::with_capacity(stream.tracks.len());
             let (mut bitrate, mut packets, mut lost) = (0, 0, 0);
@@ -116,7 +130,8 @@ impl Plane {
             .peers
             .values()
             .filter(|p| p.role == Role::Publisher)
-            .count() as u64;
+            .count() as u64
+            + self.ingests.len() as u64;
         m.viewers = self
             .peers
             .values()
@@ -142,7 +157,7 @@ impl Plane {
 
     /// Ends the sessions `selector` picks; returns how many.
     pub(super) fn end_sessions(&mut self, selector: &SessionSelector, now: Instant) -> usize {
-        let keys: Vec<PeerKey> = self
+        let mut keys: Vec<PeerKey> = self
             .peers
             .values()
             .filter(|p| match selector {
@@ -156,6 +171,7 @@ impl Plane {
             })
             .map(|p| p.key)
             .collect();
+        keys.extend(self.select_ingests(selector));
         for key in &keys {
             self.remove_peer(*key, now, "ended by the admin");
         }

@@ -35,8 +35,9 @@ use super::tcp::TcpEvent;
 use super::udp::{self, MediaSocket};
 use crate::bridge::Bridge;
 use crate::config::Config;
-use crate::hub::subscriber::TrackDescription;
+use crate::hub::subscriber::{Audience, TrackDescription};
 use crate::hub::{Hub, PeerKey};
+use crate::ingest::demand::Demand;
 use crate::recording::Recordings;
 use crate::sdpfrag::SdpFragment;
 use crate::signal::{
@@ -46,6 +47,7 @@ use crate::signal::{
 use crate::stream_name::StreamName;
 
 mod forward;
+mod ingest;
 mod inspect;
 mod signalling;
 mod teardown;
@@ -53,6 +55,10 @@ mod teardown;
 /// How long a viewer's offer may wait for a new publisher's tracks to show
 /// their codecs before it is answered with what is known.
 const VIEWER_WAIT: Duration = Duration::from_secs(3);
+/// How long a viewer of an on-demand source that is not connected yet
+/// waits for it (camera connection and its first description); less than
+/// the HTTP side's wait for the plane's answer.
+const ON_DEMAND_WAIT: Duration = Duration::from_secs(8);
 /// A peer that has not connected by then is dropped.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Housekeeping period (timeouts, layer choice, pending viewers).
@@ -78,6 +84,8 @@ pub struct Plane {
     config: Arc<Config>,
     recordings: Recordings,
     bridge: Bridge,
+    /// Consumers of on-demand sources, counted here, read by the sources.
+    demand: Demand,
     egress: Egress,
     /// ICE-TCP connection events, taken by `run`.
     tcp_events: Option<mpsc::Receiver<TcpEvent>>,
@@ -89,6 +97,8 @@ pub struct Plane {
     by_session: HashMap<SessionId, PeerKey>,
     timers: BTreeSet<(Instant, PeerKey)>,
     hub: Hub,
+    /// RTMP and RTSP publishers, keyed like peers.
+    ingests: HashMap<PeerKey, ingest::IngestPublisher>,
     next_key: PeerKey,
     pending: Vec<PendingViewer>,
     /// Viewers whose GOP replay is due (see `on_connected`).
@@ -118,6 +128,7 @@ impl Plane {
         config: Arc<Config>,
         recordings: Recordings,
         bridge: Bridge,
+        demand: Demand,
         std_socket: std::net::UdpSocket,
         tcp_listener: Option<std::net::TcpListener>,
         candidates: Vec<SocketAddr>,
@@ -138,6 +149,7 @@ impl Plane {
             config,
             recordings,
             bridge,
+            demand,
             egress: Egress::new(socket),
             tcp_events,
             factory: PeerFactory::new(candidates, ice_tcp)?,
@@ -148,6 +160,7 @@ impl Plane {
             by_session: HashMap::new(),
             timers: BTreeSet::new(),
             hub: Hub::default(),
+            ingests: HashMap::new(),
             next_key: 1,
             pending: Vec::new(),
             replays: Vec::new(),

@@ -77,6 +77,16 @@ impl Plane {
             Command::EndSessions { selector, reply } => {
                 let _ = reply.send(self.end_sessions(&selector, now));
             }
+            Command::IngestOpen {
+                stream,
+                protocol,
+                client,
+                reply,
+            } => {
+                let result = self.ingest_open(stream, protocol, client, now);
+                let _ = reply.send(result);
+            }
+            Command::Ingest { key, command } => self.on_ingest(key, command, now),
             Command::Shutdown { reply } => {
                 self.shutdown();
                 let _ = reply.send(());
@@ -140,26 +150,38 @@ impl Plane {
             sdp,
             etag: peer.etag.clone(),
         };
-        let stream = self.hub.entry(&stream_name, now);
+        self.claim_stream(&stream_name, key, tracks, now);
+        self.insert_peer(peer);
+        Ok(answer)
+    }
+
+    /// Makes `key` the publisher of a stream: a new stream starts its
+    /// recording and restreams; a taken-over one keeps them.
+    pub(super) fn claim_stream(
+        &mut self,
+        stream_name: &StreamName,
+        key: PeerKey,
+        expected_tracks: usize,
+        now: Instant,
+    ) {
+        let stream = self.hub.entry(stream_name, now);
         let new_stream = stream.publisher.is_none() && !stream.has_subscribers();
         stream.publisher = Some(key);
-        stream.expected_tracks = tracks;
+        stream.expected_tracks = expected_tracks;
         stream.last_media = now;
         stream.begin_publisher();
         if new_stream
-            && self.recordings.wants(&stream_name)
+            && self.recordings.wants(stream_name)
             && let Some(subscription) = self.recordings.start(stream_name.clone(), true)
         {
             stream.subscribe(subscription, now);
         }
         if new_stream
-            && self.bridge.wants(&stream_name)
+            && self.bridge.wants(stream_name)
             && let Some(subscription) = self.bridge.start(stream_name.clone(), true)
         {
             stream.subscribe(subscription, now);
         }
-        self.insert_peer(peer);
-        Ok(answer)
     }
 
     pub(super) fn watch(
@@ -184,6 +206,19 @@ impl Plane {
             return;
         }
         let Some(stream) = self.hub.get(&stream_name).filter(|s| s.publisher.is_some()) else {
+            if self.demand.is_on_demand(&stream_name) {
+                // The source connects for this viewer.
+                self.pending.push(PendingViewer {
+                    stream: stream_name.clone(),
+                    offer,
+                    summary,
+                    client,
+                    deadline: now + ON_DEMAND_WAIT,
+                    reply,
+                });
+                self.update_demand(&stream_name);
+                return;
+            }
             let _ = reply.send(Err(SignalError::StreamNotLive));
             return;
         };
@@ -215,14 +250,17 @@ impl Plane {
             .get(stream_name)
             .filter(|s| s.publisher.is_some() && !s.tracks.is_empty())
             .ok_or(SignalError::StreamNotLive)?;
-        let descriptions: Vec<TrackDescription> = stream
-            .tracks
-            .iter()
-            .map(|t| t.description.clone())
-            .collect();
+        let descriptions = viewer_tracks(
+            stream
+                .tracks
+                .iter()
+                .map(|t| t.description.clone())
+                .collect(),
+            summary,
+        );
         let mut wanted = 0;
         for d in &descriptions {
-            if !summary.receives(d.codec.kind()) {
+            if !summary.receives(d.codec.kind()) || d.audience == Audience::Sinks {
                 continue;
             }
             if !summary.can_receive(d.codec) {
@@ -456,6 +494,56 @@ impl Plane {
         }
         Ok(())
     }
+}
+
+/// The stream's tracks as one viewer gets them: a transcode made for
+/// viewers (`Viewers`, `Fallback`) is dropped (marked `Sinks`, which the
+/// viewer's peer skips) when the viewer can take the source's own codec
+/// of that kind.
+fn viewer_tracks(
+    mut tracks: Vec<TrackDescription>,
+    summary: &OfferSummary,
+) -> Vec<TrackDescription> {
+    let own_receivable = |kind: MediaKind, tracks: &[TrackDescription]| {
+        tracks.iter().any(|t| {
+            t.audience == Audience::Everyone
+                && t.codec.kind() == kind
+                && summary.can_receive(t.codec)
+        })
+    };
+    let choices: Vec<bool> = tracks
+        .iter()
+        .map(|t| {
+            matches!(t.audience, Audience::Viewers | Audience::Fallback)
+                && own_receivable(t.codec.kind(), &tracks)
+        })
+        .collect();
+    for (track, drop) in tracks.iter_mut().zip(choices) {
+        if drop {
+            track.audience = Audience::Sinks;
+        }
+    }
+    // And a source's own codec the viewer cannot take, when a transcode of
+    // the same kind stands in for it.
+    let has_stand_in = |kind: MediaKind, tracks: &[TrackDescription]| {
+        tracks.iter().any(|t| {
+            matches!(t.audience, Audience::Viewers | Audience::Fallback) && t.codec.kind() == kind
+        })
+    };
+    let choices: Vec<bool> = tracks
+        .iter()
+        .map(|t| {
+            t.audience == Audience::Everyone
+                && !summary.can_receive(t.codec)
+                && has_stand_in(t.codec.kind(), &tracks)
+        })
+        .collect();
+    for (track, drop) in tracks.iter_mut().zip(choices) {
+        if drop {
+            track.audience = Audience::Sinks;
+        }
+    }
+    tracks
 }
 
 /// The first `a=name:value` in an SDP (session or media level).

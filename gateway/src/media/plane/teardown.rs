@@ -10,6 +10,7 @@ impl Plane {
     /// Removes a peer and everything that depends on it.
     pub(super) fn remove_peer(&mut self, key: PeerKey, now: Instant, why: &str) {
         let Some(mut peer) = self.peers.remove(&key) else {
+            self.remove_ingest(key, now, why);
             return;
         };
         info!(session = %peer.session, stream = %peer.stream, role = ?peer.role, "session ended: {why}");
@@ -53,7 +54,12 @@ impl Plane {
     /// A publisher replaced by a new one: closed without ending the stream,
     /// so viewers stay and continue with the new publisher's media.
     pub(super) fn detach_publisher(&mut self, key: PeerKey, now: Instant) {
-        if let Some(stream) = self.peers.get(&key).map(|p| p.stream.clone())
+        let stream = self
+            .peers
+            .get(&key)
+            .map(|p| p.stream.clone())
+            .or_else(|| self.ingests.get(&key).map(|i| i.stream.clone()));
+        if let Some(stream) = stream
             && let Some(s) = self.hub.get_mut(&stream)
         {
             s.publisher = None;
@@ -120,6 +126,10 @@ impl Plane {
             self.remove_peer(key, now, "no media from publisher");
         }
         self.force_keyframes(now);
+        let on_demand: Vec<StreamName> = self.demand.streams().cloned().collect();
+        for stream in on_demand {
+            self.update_demand(&stream);
+        }
         let stale: Vec<PeerKey> = self
             .peers
             .values()
@@ -143,9 +153,27 @@ impl Plane {
         }
     }
 
+    /// Counts who needs an on-demand source now: viewers, viewers waiting
+    /// for it, restream targets.
+    pub(super) fn update_demand(&self, stream_name: &StreamName) {
+        let viewers = self.hub.get(stream_name).map_or(0, |s| s.viewers.len());
+        let waiting = self
+            .pending
+            .iter()
+            .filter(|p| &p.stream == stream_name)
+            .count();
+        let restreams = usize::from(self.bridge.targets().has_targets_for(stream_name));
+        self.demand.set(stream_name, viewers + waiting + restreams);
+    }
+
     pub(super) fn shutdown(&mut self) {
         let now = Instant::now();
-        let keys: Vec<PeerKey> = self.peers.keys().copied().collect();
+        let keys: Vec<PeerKey> = self
+            .peers
+            .keys()
+            .chain(self.ingests.keys())
+            .copied()
+            .collect();
         for key in keys {
             self.remove_peer(key, now, "server shutting down");
         }
