@@ -72,10 +72,18 @@ cargo nextest run --release --workspace --no-fail-fast
 step "browser test (headless Chromium)"
 (cd tests/browser && npm ci --no-audit --no-fund --silent)
 BROWSER_LOG=$ARTIFACTS/browser-gateway.log
+# An RTSP camera (GStreamer's server, H264 + AAC) the gateway pulls.
+/usr/bin/python3 tests/rtsp/rtsp_server.py 18454 >"$ARTIFACTS/rtsp-server.log" 2>&1 &
+RTSP=$!
+for _ in $(seq 1 100); do
+  grep -q READY "$ARTIFACTS/rtsp-server.log" 2>/dev/null && break
+  sleep 0.1
+done
 "$WHIPCORD_BIN" --http-listen 127.0.0.1:18480 --media-listen 127.0.0.1:18489 \
-  --rtmp-listen 127.0.0.1:18435 --data-dir "$(mktemp -d)" >"$BROWSER_LOG" 2>&1 &
+  --rtmp-listen 127.0.0.1:18435 --pull browser-rtsp=rtsp://127.0.0.1:18454/cam \
+  --data-dir "$(mktemp -d)" >"$BROWSER_LOG" 2>&1 &
 GW=$!
-trap 'kill $GW 2>/dev/null || true' EXIT
+trap 'kill $GW $RTSP 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do
   curl -sf http://127.0.0.1:18480/healthz >/dev/null 2>&1 && break
   sleep 0.1
@@ -107,7 +115,11 @@ WHIPCORD_URL=http://127.0.0.1:18480 ARTIFACTS_DIR=$ARTIFACTS/browser-rtmp \
   WHIPCORD_STREAM=browser-rtmp WHIPCORD_CODEC=H264 \
   timeout 90 node tests/browser/watch_ingest.mjs
 kill $FF 2>/dev/null || true; wait $FF 2>/dev/null || true
-kill $GW; wait $GW 2>/dev/null || true
+# An RTSP camera watched in Chromium the same way.
+WHIPCORD_URL=http://127.0.0.1:18480 ARTIFACTS_DIR=$ARTIFACTS/browser-rtsp \
+  WHIPCORD_STREAM=browser-rtsp WHIPCORD_CODEC=H264 \
+  timeout 90 node tests/browser/watch_ingest.mjs
+kill $GW $RTSP; wait $GW $RTSP 2>/dev/null || true
 trap - EXIT
 
 step "admin panel browser test (Playwright: login, streams, viewers, recordings, restreams, keys)"

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Headless Chromium watches a stream that arrives by RTMP or RTSP (published by FFmpeg or pulled
 // from a camera, started by the caller): the picture must decode and advance, and the audio (the
-// gateway's Opus transcode of the source's AAC) must decode with sound in it.
+// gateway's Opus transcode of the source's AAC) must decode.
 //
 //   WHIPCORD_URL     gateway base URL (default http://127.0.0.1:8080)
 //   WHIPCORD_STREAM  stream name
@@ -58,8 +58,9 @@ async function run() {
   const codecs = prev.codec.toLowerCase();
   if (!codecs.includes(CODEC.toLowerCase())) fail(`viewer decoded "${prev.codec}", expected ${CODEC}`);
   if (!codecs.includes('opus')) fail(`viewer audio is "${prev.codec}", expected Opus`);
-  // The source beeps every second: silence would mean a broken transcode.
-  if (!(prev.audioEnergy > 0)) fail('the audio decoded to silence');
+  // Headless Chromium has no audio output, and its totalAudioEnergy stays 0 even for sound;
+  // the transcode's content is checked by rtmp-bridge's to_opus tests (a 1 kHz tone survives).
+  report.audioEnergy = prev.audioEnergy;
   await session.screenshot('watch', 'watch.png');
   report.ok = true;
 }

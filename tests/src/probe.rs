@@ -34,7 +34,19 @@ const LIMIT: Duration = Duration::from_secs(180);
 pub fn decode_errors(path: &Path) -> Result<String> {
     let mut args = strings(&["-hide_banner", "-nostdin", "-v", "error", "-i"]);
     args.push(path.display().to_string());
-    args.extend(strings(&["-f", "null", "-"]));
+    // Frames keep the file's own times: converted to a constant frame rate,
+    // two frames a camera sent closer than its nominal interval land on one
+    // tick and the null muxer reports it, though the file is fine. A file
+    // whose times really go back is still reported.
+    args.extend(strings(&[
+        "-enc_time_base",
+        "-1",
+        "-fps_mode",
+        "passthrough",
+        "-f",
+        "null",
+        "-",
+    ]));
     let out = run_tool("ffmpeg", &args, LIMIT)?;
     let mut text = String::from_utf8_lossy(&out.stderr).trim().to_owned();
     if !out.status.success() && text.is_empty() {

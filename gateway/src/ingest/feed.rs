@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use recorder::codec::Codec;
+use recorder::codec::{Codec, MediaKind};
 use recorder::params::{AacConfig, parse_h264_sps};
 use recorder::rtp::packetize;
 use rtc::rtp::Packet;
@@ -477,7 +477,7 @@ impl Feed {
     /// are aligned as the camera captured them.
     pub async fn source_report(
         &mut self,
-        kind: recorder::codec::MediaKind,
+        kind: MediaKind,
         ntp_time: u64,
         source_ns: i64,
     ) -> Result<(), FeedError> {
@@ -486,29 +486,7 @@ impl Feed {
         }
         self.source_reports = true;
         let time = source_ns + self.clock.correction();
-        let mut outs: Vec<&RtpOut> = Vec::new();
-        match kind {
-            recorder::codec::MediaKind::Video => outs.extend(self.video.as_ref().map(|v| &v.out)),
-            recorder::codec::MediaKind::Audio => {
-                if let Some(audio) = &self.audio {
-                    outs.extend(audio.sinks.as_ref());
-                    outs.extend(audio.viewers.as_ref().map(|(out, _)| out));
-                }
-            }
-        }
-        let reports: Vec<IngestCommand> = outs
-            .into_iter()
-            .map(|out| IngestCommand::SenderReport {
-                track: out.track,
-                ssrc: out.ssrc,
-                ntp_time,
-                rtp_time: out.rtp_time(ticks(time, out.rate)),
-            })
-            .collect();
-        for report in reports {
-            self.send(report).await?;
-        }
-        Ok(())
+        self.send_reports(Some(kind), ntp_time, time).await
     }
 
     /// Sender reports for every track, once a second: the hub's sinks time
@@ -527,15 +505,30 @@ impl Feed {
         self.last_report = Some(now);
         let time = self.latest_ns;
         let ntp_time = self.clock.ntp_at(time);
-        let mut reports = Vec::new();
-        if let Some(video) = &self.video {
-            reports.push(&video.out);
+        self.send_reports(None, ntp_time, time).await
+    }
+
+    /// Sender reports saying `ntp_time` is `time` on the timeline, for the
+    /// tracks of `kind` (every track for `None`), each in its own clock.
+    async fn send_reports(
+        &mut self,
+        kind: Option<MediaKind>,
+        ntp_time: u64,
+        time: i64,
+    ) -> Result<(), FeedError> {
+        let mut outs: Vec<&RtpOut> = Vec::new();
+        if kind != Some(MediaKind::Audio)
+            && let Some(video) = &self.video
+        {
+            outs.push(&video.out);
         }
-        if let Some(audio) = &self.audio {
-            reports.extend(audio.sinks.as_ref());
-            reports.extend(audio.viewers.as_ref().map(|(out, _)| out));
+        if kind != Some(MediaKind::Video)
+            && let Some(audio) = &self.audio
+        {
+            outs.extend(audio.sinks.as_ref());
+            outs.extend(audio.viewers.as_ref().map(|(out, _)| out));
         }
-        let reports: Vec<IngestCommand> = reports
+        let reports: Vec<IngestCommand> = outs
             .into_iter()
             .map(|out| IngestCommand::SenderReport {
                 track: out.track,

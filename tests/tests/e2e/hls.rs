@@ -264,8 +264,17 @@ async fn hls_runs_only_while_requested() -> Result<()> {
         hls_status(&api, "cam").await?["active"] == false,
         "HLS before any request"
     );
-    let reply = api.get("/hls/cam/index.m3u8").await?;
-    ensure!(reply.status == 200, "{}", reply.status);
+    // The first request starts HLS; on a busy machine the publisher may
+    // still be connecting, so allow it a few tries.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = api.get("/hls/cam/index.m3u8").await?;
+        if reply.status == 200 {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "{}", reply.status);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let active = hls_status(&api, "cam").await?;
     ensure!(active["active"] == true, "{active}");
     ensure!(active["playlists_served"].as_u64() >= Some(1), "{active}");

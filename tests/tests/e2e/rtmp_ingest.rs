@@ -23,7 +23,14 @@ const TOKEN: &str = "rtmp-s3cret";
 /// B-frames (what browsers play smoothly) and AAC at 44.1 kHz (so the
 /// Opus transcode resamples).
 fn ffmpeg_publish(url: &str, secs: u32) -> Result<Child> {
+    ffmpeg_publish_with(url, secs, 0)
+}
+
+/// [`ffmpeg_publish`] with `b_frames` B-frames between references (x264's
+/// default is 3: what most RTMP encoders send unless told otherwise).
+fn ffmpeg_publish_with(url: &str, secs: u32, b_frames: u32) -> Result<Child> {
     let clip = ClipSpec::new(VideoCodec::H264);
+    let tune = if b_frames == 0 { "zerolatency" } else { "film" };
     let args: Vec<String> = [
         "-hide_banner",
         "-nostdin",
@@ -46,9 +53,9 @@ fn ffmpeg_publish(url: &str, secs: u32) -> Result<Child> {
         "-preset",
         "veryfast",
         "-tune",
-        "zerolatency",
+        tune,
         "-bf",
-        "0",
+        &b_frames.to_string(),
         "-g",
         "60",
         "-pix_fmt",
@@ -300,5 +307,44 @@ async fn rtmp_garbage_ends_only_that_connection() -> Result<()> {
     ensure!(ok, "the good publisher failed: {err}");
     let log = gw.log_text();
     ensure!(!log.contains("panicked"), "the gateway panicked:\n{log}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtmp_b_frames_are_reported_to_the_operator() -> Result<()> {
+    const API_TOKEN: &str = "rtmp-tests-api-token-0123456789";
+    let gw =
+        Gateway::start_with(GatewayOptions::default().arg("--api-token").arg(API_TOKEN)).await?;
+    let ffmpeg = ffmpeg_publish_with(&rtmp_url(&gw, "bframes"), 8, 2)?;
+    wait_live(&gw, "bframes", Duration::from_secs(15)).await?;
+    let admin = whipcord_tests::admin::Client::bearer(&gw, API_TOKEN);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let publisher = loop {
+        let reply = admin.get("/api/v1/streams/bframes").await?;
+        let stream: Value = serde_json::from_slice(&reply.body)?;
+        let publisher = stream["publisher"].clone();
+        if publisher["notice"].is_string() {
+            break publisher;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no notice on the stream: {stream}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!("publisher: {publisher}");
+    ensure!(publisher["protocol"] == "RTMP", "{publisher}");
+    let notice = publisher["notice"].as_str().unwrap_or_default();
+    ensure!(
+        notice.contains("B-frames") && notice.contains("isable"),
+        "the notice does not tell the operator what to do: {notice}"
+    );
+    let log = gw.log_text();
+    ensure!(
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("B-frames") && l.contains("bframes")),
+        "no B-frame warning in the log:\n{log}"
+    );
+    let _ = wait_exit(ffmpeg, Duration::from_secs(30)).await?;
     Ok(())
 }
