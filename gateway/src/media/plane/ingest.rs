@@ -37,17 +37,7 @@ impl Plane {
         client: ClientInfo,
         now: Instant,
     ) -> Result<IngestLease, SignalError> {
-        if let Some(existing) = self.hub.get(&stream_name).and_then(|s| s.publisher) {
-            let stale = self
-                .hub
-                .get(&stream_name)
-                .is_some_and(|s| now.duration_since(s.last_media) > STALE_PUBLISHER);
-            if !(self.config.publisher_takeover || stale) {
-                return Err(SignalError::StreamBusy);
-            }
-            info!(stream = %stream_name, stale, "new publisher takes over");
-            self.detach_publisher(existing, now);
-        }
+        self.make_room(&stream_name, now)?;
         let key = self.next_key();
         let (ended, lease_ended) = oneshot::channel();
         // Tracks are declared once the publisher's codec headers arrive;

@@ -123,17 +123,7 @@ impl Plane {
                 "a WHIP offer must send audio or video (sendonly or sendrecv)".into(),
             ));
         }
-        if let Some(existing) = self.hub.get(&stream_name).and_then(|s| s.publisher) {
-            let stale = self
-                .hub
-                .get(&stream_name)
-                .is_some_and(|s| now.duration_since(s.last_media) > STALE_PUBLISHER);
-            if !(self.config.publisher_takeover || stale) {
-                return Err(SignalError::StreamBusy);
-            }
-            info!(stream = %stream_name, stale, "new publisher takes over");
-            self.detach_publisher(existing, now);
-        }
+        self.make_room(&stream_name, now)?;
         let key = self.next_key();
         let (peer, sdp) = self.factory.create(
             key,
@@ -153,6 +143,29 @@ impl Plane {
         self.claim_stream(&stream_name, key, tracks, now);
         self.insert_peer(peer);
         Ok(answer)
+    }
+
+    /// The one-publisher rule: a live stream refuses a second publisher
+    /// (409) unless takeover is configured or its publisher has gone quiet,
+    /// in which case the old one is detached and its viewers stay.
+    pub(super) fn make_room(
+        &mut self,
+        stream_name: &StreamName,
+        now: Instant,
+    ) -> Result<(), SignalError> {
+        let Some(existing) = self.hub.get(stream_name).and_then(|s| s.publisher) else {
+            return Ok(());
+        };
+        let stale = self
+            .hub
+            .get(stream_name)
+            .is_some_and(|s| now.duration_since(s.last_media) > STALE_PUBLISHER);
+        if !(self.config.publisher_takeover || stale) {
+            return Err(SignalError::StreamBusy);
+        }
+        info!(stream = %stream_name, stale, "new publisher takes over");
+        self.detach_publisher(existing, now);
+        Ok(())
     }
 
     /// Makes `key` the publisher of a stream: a new stream starts its
