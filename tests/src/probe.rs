@@ -278,6 +278,23 @@ pub fn av_offsets(path: &Path) -> Result<Vec<(f64, f64)>> {
     ))
 }
 
+/// Checks that a recording of a [`crate::clip`] pattern has at least
+/// `min_pairs` flash/beep pairs, every one within `limit_ms` of A/V offset;
+/// returns (flash time, offset in ms) for the log.
+pub fn check_av_sync(path: &Path, min_pairs: usize, limit_ms: f64) -> Result<Vec<(f64, f64)>> {
+    let offsets: Vec<(f64, f64)> = av_offsets(path)?
+        .iter()
+        .map(|(f, b)| (*f, (b - f) * 1000.0))
+        .collect();
+    if offsets.len() < min_pairs {
+        bail!("too few flash/beep pairs: {offsets:?}");
+    }
+    if let Some((flash, ms)) = offsets.iter().find(|(_, ms)| ms.abs() >= limit_ms) {
+        bail!("beep {ms:.1} ms from the flash at {flash:.2} s; all: {offsets:?}");
+    }
+    Ok(offsets)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
