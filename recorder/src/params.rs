@@ -603,6 +603,10 @@ pub struct H265Sps {
     pub height: u32,
     /// Profile, tier, level, chroma and bit depth; the NAL lists are empty.
     pub config: HevcConfig,
+    /// `sps_max_num_reorder_pics` of the highest sub-layer: how many
+    /// frames the decoder holds back for reordering (B-frames); `None`
+    /// when the SPS ends before it.
+    pub max_num_reorder_pics: Option<u32>,
 }
 
 /// Parses an H265 SPS NAL unit (2-byte header included), ITU-T H.265
@@ -677,6 +681,7 @@ pub fn parse_h265_sps(nal: &[u8]) -> Option<H265Sps> {
     };
     let width = pic_width.checked_sub(sub_w * (l + rt))?;
     let height = pic_height.checked_sub(sub_h * (t + b))?;
+    let max_num_reorder_pics = h265_reorder_pics(&mut r, max_sub_layers_minus1);
     Some(H265Sps {
         width: u32::try_from(width).ok().filter(|w| *w > 0)?,
         height: u32::try_from(height).ok().filter(|h| *h > 0)?,
@@ -696,7 +701,25 @@ pub fn parse_h265_sps(nal: &[u8]) -> Option<H265Sps> {
             temporal_id_nested,
             num_temporal_layers: max_sub_layers_minus1 + 1,
         },
+        max_num_reorder_pics,
     })
+}
+
+/// The sub-layer ordering info after the bit depths (H.265 §7.3.2.2.1):
+/// the highest sub-layer's `sps_max_num_reorder_pics`, or `None` when it
+/// is cut short or larger than the DPB allows.
+fn h265_reorder_pics(r: &mut BitReader<'_>, max_sub_layers_minus1: u8) -> Option<u32> {
+    r.ue()?; // log2_max_pic_order_cnt_lsb_minus4
+    let all_layers = r.bit()?;
+    let first = if all_layers { 0 } else { max_sub_layers_minus1 };
+    let mut reorder = None;
+    for _ in first..=max_sub_layers_minus1 {
+        let dpb = r.ue()?; // sps_max_dec_pic_buffering_minus1
+        let pics = r.ue()?;
+        r.ue()?; // sps_max_latency_increase_plus1
+        reorder = (pics <= dpb && dpb < 16).then_some(pics);
+    }
+    reorder
 }
 
 /// Size and colour format from a VP9 keyframe's uncompressed header
@@ -983,6 +1006,7 @@ mod tests {
             timestamp: 0,
             keyframe: true,
             data: Bytes::copy_from_slice(data),
+            composition_offset: 0,
         }
     }
 
@@ -1158,6 +1182,34 @@ mod tests {
         0x03, 0x00, 0x3c, 0xa0, 0x0a, 0x88, 0x04, 0x07, 0x11, 0x11, 0x96, 0x56, 0x54, 0xa4, 0xc2,
         0xf0, 0x16, 0x80, 0x80, 0x00, 0x00, 0x03, 0x00, 0x80, 0x00, 0x00, 0x0f, 0x04,
     ];
+
+    /// libx265 defaults (`bframes=4`, B-pyramid) and `bframes=0`, 322x242;
+    /// FFmpeg reports `has_b_frames` 2 and 0 for them.
+    const HEVC_SPS_BF4: &[u8] = &[
+        0x42, 0x01, 0x01, 0x04, 0x08, 0x00, 0x00, 0x03, 0x00, 0x9e, 0x08, 0x00, 0x00, 0x03, 0x00,
+        0x00, 0x3c, 0x90, 0x01, 0x49, 0x01, 0xf3, 0x9e, 0x7c, 0xb2, 0xb3, 0x49, 0x26, 0x57, 0x80,
+        0xb7, 0x02, 0x02, 0x00, 0x04, 0x00, 0x00, 0x03, 0x00, 0x04, 0x00, 0x00, 0x03, 0x00, 0x78,
+        0x20,
+    ];
+    const HEVC_SPS_BF0: &[u8] = &[
+        0x42, 0x01, 0x01, 0x04, 0x08, 0x00, 0x00, 0x03, 0x00, 0x9e, 0x08, 0x00, 0x00, 0x03, 0x00,
+        0x00, 0x3c, 0x90, 0x01, 0x49, 0x01, 0xf3, 0x9e, 0x7c, 0xb2, 0x54, 0x92, 0x65, 0x78, 0x0b,
+        0x70, 0x20, 0x20, 0x00, 0x40, 0x00, 0x00, 0x03, 0x00, 0x40, 0x00, 0x00, 0x07, 0x82,
+    ];
+
+    #[test]
+    fn h265_sps_reorder_pics() {
+        let reorder = |nal: &[u8]| parse_h265_sps(nal).expect("sps").max_num_reorder_pics;
+        assert_eq!(reorder(HEVC_SPS_BF4), Some(2));
+        assert_eq!(reorder(HEVC_SPS_BF0), Some(0));
+        let sps = parse_h265_sps(HEVC_SPS_BF4).expect("sps");
+        assert_eq!((sps.width, sps.height), (322, 242));
+        // Cut anywhere: the count is right or unknown, never made up.
+        for len in 0..HEVC_SPS_BF4.len() {
+            let cut = parse_h265_sps(&HEVC_SPS_BF4[..len]);
+            assert!(cut.is_none_or(|s| matches!(s.max_num_reorder_pics, None | Some(2))));
+        }
+    }
 
     #[test]
     fn h265_sps_size_and_profile() {

@@ -27,7 +27,7 @@ use tracing::{info, warn};
 
 use crate::codec::{Codec, MediaKind};
 use crate::params::{AudioParams, VideoConfig};
-use crate::rtp::{Frame, FrameAssembler, ReorderBuffer};
+use crate::rtp::{DecodeTimes, Frame, FrameAssembler, ReorderBuffer};
 use crate::sync::{Interleaver, TrackClock};
 
 /// How long a gap may wait for a retransmission before it is declared
@@ -112,8 +112,10 @@ impl RunEnd {
 #[derive(Debug, Clone)]
 pub enum Output {
     Start(RunStart),
-    /// A frame of the run, at `time_ns` after the run's start; frames come
-    /// in time order (the same time twice is possible).
+    /// A frame of the run, decoded at `time_ns` after the run's start and
+    /// presented `frame.composition_offset` ticks of its clock later (0
+    /// unless the video has B-frames); frames come in decode-time order
+    /// (the same time twice is possible).
     Frame {
         track: usize,
         time_ns: i64,
@@ -127,6 +129,8 @@ struct TrackPipe {
     ssrc: Option<u32>,
     reorder: ReorderBuffer,
     assembler: Option<FrameAssembler>,
+    /// H264/H265: decode times for reordered frames (B-frames).
+    decode_times: Option<DecodeTimes>,
     clock: TrackClock,
     /// The latest sender report of every SSRC seen on this track (the
     /// simulcast layers of the current publisher): (RTP time, NTP time).
@@ -143,12 +147,16 @@ impl TrackPipe {
                 None
             }
         };
+        let decode_times = assembler
+            .as_ref()
+            .and_then(|_| DecodeTimes::for_codec(spec.codec, spec.clock_rate));
         Self {
             clock: TrackClock::new(spec.clock_rate),
             spec,
             ssrc: None,
             reorder: ReorderBuffer::new(REORDER_WAIT, REORDER_PACKETS),
             assembler,
+            decode_times,
             reports: HashMap::new(),
         }
     }
@@ -166,6 +174,7 @@ impl TrackPipe {
                 *assembler = fresh;
             }
         }
+        self.decode_times = DecodeTimes::for_codec(self.spec.codec, self.spec.clock_rate);
         self.clock.on_sender_report(report.0, report.1);
     }
 
@@ -394,6 +403,11 @@ impl FramePipeline {
             while let Some(released) = pipe.reorder.pop(now) {
                 frames.extend(assembler.push(released));
             }
+            if let Some(decode_times) = pipe.decode_times.as_mut() {
+                for f in &mut frames {
+                    decode_times.assign(f);
+                }
+            }
             let arrival = now.saturating_duration_since(self.epoch).as_nanos() as i64;
             for f in &frames {
                 pipe.clock.note_arrival(f.timestamp, arrival);
@@ -451,7 +465,7 @@ impl FramePipeline {
             return;
         }
         self.anchor(track, &frame);
-        let Some(time) = self.time_of(track, &frame) else {
+        let Some(time) = self.decode_time_of(track, &frame) else {
             return;
         };
         let Some(run) = self.run.as_ref() else {
@@ -477,6 +491,19 @@ impl FramePipeline {
         }
     }
 
+    /// When the frame decodes: its presentation time less its composition
+    /// offset.
+    fn decode_time_of(&self, track: usize, frame: &Frame) -> Option<i64> {
+        let presented = self.time_of(track, frame)?;
+        if frame.composition_offset == 0 {
+            return Some(presented);
+        }
+        let rate = i128::from(self.tracks.get(track)?.spec.clock_rate.max(1));
+        let offset_ns = i128::from(frame.composition_offset) * 1_000_000_000 / rate;
+        Some(presented - offset_ns as i64)
+    }
+
+    /// When the frame is presented (its RTP timestamp on the run's clock).
     fn time_of(&self, track: usize, frame: &Frame) -> Option<i64> {
         let clock = &self.tracks.get(track)?.clock;
         if let Some(Rebase::Anchored(offset)) = self.rebase.get(track).copied().flatten() {
@@ -544,10 +571,12 @@ impl FramePipeline {
         let pending = std::mem::take(&mut self.pending);
         let timed: Vec<(usize, i64, Frame)> = pending
             .into_iter()
-            .filter_map(|(t, f)| Some((t, self.time_of(t, &f)?, f)))
+            .filter_map(|(t, f)| Some((t, self.decode_time_of(t, &f)?, f)))
             .collect();
         let origin = match (&keyframe, video) {
-            (Some(k), Some(v)) => self.time_of(v, k),
+            // The keyframe's decode time: with B-frames, it is presented a
+            // few frames later, and no frame may decode before zero.
+            (Some(k), Some(v)) => self.decode_time_of(v, k),
             _ => timed.iter().map(|(_, time, _)| *time).min(),
         };
         let Some(origin_ns) = origin else {

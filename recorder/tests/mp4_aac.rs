@@ -48,6 +48,7 @@ fn aac(dir: &Path, seconds: f64, sample_rate: u32, channels: u32) -> Vec<Timed> 
                     timestamp: samples as i64,
                     keyframe: false,
                     data: Bytes::copy_from_slice(unit),
+                    composition_offset: 0,
                 },
             )
         })

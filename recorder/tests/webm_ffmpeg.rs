@@ -63,6 +63,7 @@ fn write(path: &Path, frames: &[(u64, Bytes)]) -> WebmRecording<std::fs::File> {
             timestamp: *pts as i64 * 3000,
             keyframe: data[0] & 1 == 0,
             data: data.clone(),
+            composition_offset: 0,
         };
         let ns = pts * 1_000_000_000 / 30;
         recording.write(&frame, ns).expect("write");

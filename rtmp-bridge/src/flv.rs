@@ -60,13 +60,14 @@ pub fn avc_end_of_sequence() -> Bytes {
 ///
 /// SPS and PPS are left out (they travel in the sequence header, and
 /// in-band copies make some ingests re-initialise) and so are access unit
-/// delimiters (FLV tags already delimit frames). Composition time is 0:
-/// WebRTC H264 has no B-frames, so decode order is presentation order.
-/// `None` when nothing remains.
-pub fn avc_nalu_packet(access_unit: &[u8], keyframe: bool) -> Option<Bytes> {
+/// delimiters (FLV tags already delimit frames). The frame is presented
+/// `composition_ms` after the tag's (decode) timestamp: 0 unless the video
+/// has B-frames. `None` when nothing remains.
+pub fn avc_nalu_packet(access_unit: &[u8], keyframe: bool, composition_ms: i32) -> Option<Bytes> {
     let mut b = BytesMut::with_capacity(5 + access_unit.len());
     let frame_type = if keyframe { FRAME_KEY } else { FRAME_INTER };
-    b.put_slice(&[frame_type | VIDEO_CODEC_AVC, AVC_NALU, 0, 0, 0]);
+    b.put_slice(&[frame_type | VIDEO_CODEC_AVC, AVC_NALU]);
+    b.put_uint(u64::from(si24(composition_ms)), 3);
     for nal in length_prefixed_nals(access_unit) {
         let Some(&header) = nal.first() else { continue };
         if matches!(header & 0x1f, 7..=9) {
@@ -76,6 +77,19 @@ pub fn avc_nalu_packet(access_unit: &[u8], keyframe: bool) -> Option<Bytes> {
         b.put_slice(nal);
     }
     (b.len() > 5).then(|| b.freeze())
+}
+
+/// SI24: two's complement in 24 bits, clamped to its range.
+fn si24(value: i32) -> u32 {
+    value.clamp(-0x80_0000, 0x7f_ffff) as u32 & 0xff_ffff
+}
+
+/// A video frame's composition offset (presentation − decode time) in
+/// whole milliseconds, as FLV's CompositionTime carries it; video runs on
+/// a 90 kHz clock.
+pub fn composition_ms(frame: &Frame) -> i32 {
+    let ms = (i128::from(frame.composition_offset) * 1000 + 45_000).div_euclid(90_000);
+    ms.clamp(i128::from(i32::MIN), i128::from(i32::MAX)) as i32
 }
 
 /// Turns H264 frames into FLV video bodies, sending the sequence header
@@ -117,7 +131,7 @@ impl AvcTagger {
             self.config = Some(config);
         }
         if self.record.is_some() {
-            tags.nalu = avc_nalu_packet(&frame.data, frame.keyframe);
+            tags.nalu = avc_nalu_packet(&frame.data, frame.keyframe, composition_ms(frame));
         }
         tags
     }
@@ -279,9 +293,7 @@ pub fn ex_video_coded_frames(
     };
     let mut b = ex_video_header(frame_type, packet_type, fourcc, 3 + data.len());
     if with_offset {
-        // SI24: two's complement in 24 bits, clamped to its range.
-        let cts = composition_ms.clamp(-0x80_0000, 0x7f_ffff);
-        b.put_uint(u64::from(cts as u32 & 0xff_ffff), 3);
+        b.put_uint(u64::from(si24(composition_ms)), 3);
     }
     b.put_slice(data);
     b.freeze()
@@ -376,9 +388,12 @@ impl ExVideoTagger {
             _ => frame.data.clone(),
         };
         if !data.is_empty() {
-            // WebRTC video has no B-frames: presentation order is decode
-            // order, so the composition time offset is 0.
-            tags.coded = Some(ex_video_coded_frames(self.fourcc, frame.keyframe, 0, &data));
+            tags.coded = Some(ex_video_coded_frames(
+                self.fourcc,
+                frame.keyframe,
+                composition_ms(frame),
+                &data,
+            ));
         }
         tags
     }
@@ -479,18 +494,37 @@ mod tests {
         let pps: &[u8] = &[0x68, 3];
         let sei: &[u8] = &[0x06, 5, 0x80];
         let idr: &[u8] = &[0x65, 9, 9, 9];
-        let body = avc_nalu_packet(&prefixed(&[aud, sps, pps, sei, idr]), true).unwrap();
+        let body = avc_nalu_packet(&prefixed(&[aud, sps, pps, sei, idr]), true, 0).unwrap();
         let mut want = vec![0x17, 0x01, 0, 0, 0];
         want.extend_from_slice(&prefixed(&[sei, idr]));
         assert_eq!(body.as_ref(), want);
 
         let p: &[u8] = &[0x41, 7];
-        let body = avc_nalu_packet(&prefixed(&[aud, p]), false).unwrap();
+        let body = avc_nalu_packet(&prefixed(&[aud, p]), false, 0).unwrap();
         assert_eq!(body.as_ref(), [0x27, 0x01, 0, 0, 0, 0, 0, 0, 2, 0x41, 7]);
 
-        assert_eq!(avc_nalu_packet(&prefixed(&[aud]), false), None);
+        assert_eq!(avc_nalu_packet(&prefixed(&[aud]), false, 0), None);
         // A truncated length stops the walk instead of reading past the end.
-        assert_eq!(avc_nalu_packet(&[0, 0, 0, 9, 0x41], false), None);
+        assert_eq!(avc_nalu_packet(&[0, 0, 0, 9, 0x41], false, 0), None);
+    }
+
+    #[test]
+    fn b_frames_carry_their_composition_time() {
+        let p: &[u8] = &[0x41, 7];
+        let mut frame = Frame {
+            codec: Codec::H264,
+            timestamp: 0,
+            keyframe: false,
+            data: Bytes::from(prefixed(&[p])),
+            composition_offset: 6000, // two frames at 30 fps: 66.7 ms
+        };
+        assert_eq!(composition_ms(&frame), 67);
+        let body = avc_nalu_packet(&frame.data, false, composition_ms(&frame)).unwrap();
+        assert_eq!(body[..5], [0x27, 0x01, 0, 0, 67]);
+        // Negative offsets are SI24 two's complement.
+        frame.composition_offset = -90;
+        let body = avc_nalu_packet(&frame.data, false, composition_ms(&frame)).unwrap();
+        assert_eq!(body[..5], [0x27, 0x01, 0xff, 0xff, 0xff]);
     }
 
     #[test]
@@ -548,6 +582,7 @@ mod tests {
             timestamp: 0,
             keyframe: false,
             data: Bytes::from_static(&[0x12, 0x00, 0x32, 0x01, 0xaa]),
+            composition_offset: 0,
         };
         assert_eq!(tagger.push(&inter), ExVideoTags::default());
         assert!(tagger.sequence_end().is_none());

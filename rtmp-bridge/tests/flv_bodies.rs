@@ -129,6 +129,7 @@ fn sequence_header_is_resent_when_parameters_change() {
         timestamp: 90_000,
         keyframe: true,
         data: key.into(),
+        composition_offset: 0,
     };
 
     let mut tagger = flv::AvcTagger::new();

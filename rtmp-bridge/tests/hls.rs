@@ -60,6 +60,7 @@ fn h264_aac(dir: &Path, size: &str, seconds: u32) -> Clip {
                     timestamp: (i * 1024) as i64,
                     keyframe: true,
                     data,
+                    composition_offset: 0,
                 },
             )
         })
@@ -828,6 +829,7 @@ fn vp8_makes_nothing_and_says_why() {
                 timestamp: 0,
                 keyframe: true,
                 data: bytes::Bytes::from_static(&[0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a]),
+                composition_offset: 0,
             },
         },
         anchor(),

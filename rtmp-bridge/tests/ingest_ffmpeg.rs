@@ -429,7 +429,7 @@ async fn our_publisher_round_trips_through_our_server() {
     let au = au.freeze();
     let base = 0x00ff_fff0u32;
     for i in 0..30u32 {
-        let body = flv::avc_nalu_packet(&au, i % 10 == 0).expect("NALUs");
+        let body = flv::avc_nalu_packet(&au, i % 10 == 0, 0).expect("NALUs");
         publisher
             .send_video(base + i * 33, body)
             .await

@@ -289,6 +289,7 @@ async fn vp8_puts_the_target_in_error_until_the_next_run() {
                 timestamp: n * 3000,
                 keyframe: n == 0,
                 data: bytes::Bytes::from_static(&[0x10, 0, 0]),
+                composition_offset: 0,
             },
         });
     }

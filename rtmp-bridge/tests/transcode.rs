@@ -178,6 +178,7 @@ fn opus_frame(index: usize, data: Bytes, samples_per_packet: usize) -> Frame {
         timestamp: 1_000_000 + (index * samples_per_packet) as i64,
         keyframe: true,
         data,
+        composition_offset: 0,
     }
 }
 
@@ -538,6 +539,7 @@ fn broken_input_is_dropped_and_counted() {
                     timestamp: i as i64 * 3000,
                     keyframe: i == 0,
                     data: garbage.clone(),
+                    composition_offset: 0,
                 },
             },
             &mut out,
@@ -618,6 +620,7 @@ fn ivf_frames(
                 timestamp: pts * 3000,
                 keyframe,
                 data: Bytes::copy_from_slice(payload),
+                composition_offset: 0,
             },
         ));
         rest = &rest[12 + size..];

@@ -74,6 +74,12 @@ impl GatewayOptions {
     }
 }
 
+/// Whether a start failed because one of its ports was taken meanwhile.
+fn is_port_race(err: &anyhow::Error) -> bool {
+    let text = format!("{err:#}");
+    text.contains("exited with") && text.contains("in use")
+}
+
 impl Gateway {
     pub async fn start() -> anyhow::Result<Self> {
         Self::start_with(GatewayOptions::default()).await
@@ -94,6 +100,21 @@ impl Gateway {
     /// leaves in place when dropped. Its log goes to `gateway.log` there,
     /// appended to.
     pub async fn start_in(data_dir: &Path, options: GatewayOptions) -> anyhow::Result<Self> {
+        // A port found free can be taken by a parallel test before the
+        // gateway binds it: then it exits at once, and new ports are tried.
+        const ATTEMPTS: usize = 3;
+        for attempt in 1.. {
+            match Self::start_once(data_dir, options.clone()).await {
+                Err(err) if attempt < ATTEMPTS && is_port_race(&err) => {
+                    eprintln!("gateway start, attempt {attempt}: a port was taken; again");
+                }
+                result => return result,
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    async fn start_once(data_dir: &Path, options: GatewayOptions) -> anyhow::Result<Self> {
         let http = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()?));
         let media_port = free_udp_port()?;
         let media = SocketAddr::from(([127, 0, 0, 1], media_port));

@@ -55,6 +55,35 @@ pub fn decode_errors(path: &Path) -> Result<String> {
     Ok(text)
 }
 
+/// How many decoded video frames of `path` are B-frames (FFmpeg's
+/// `pict_type`): proof that a B-frame source was kept as it was sent,
+/// not re-encoded.
+pub fn b_frames(path: &Path) -> Result<usize> {
+    let mut args = strings(&[
+        "-v",
+        "error",
+        "-select_streams",
+        "v:0",
+        "-show_entries",
+        "frame=pict_type",
+        "-of",
+        "csv=p=0",
+    ]);
+    args.push(path.display().to_string());
+    let out = run_tool("ffprobe", &args, LIMIT)?;
+    if !out.status.success() {
+        bail!(
+            "ffprobe {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.trim() == "B")
+        .count())
+}
+
 /// What ffprobe reports about a file.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Probe {

@@ -163,8 +163,15 @@ impl Drop for RtspServer {
 /// An MP4 of `seconds` of the flash/beep pattern ([`ClipSpec`]): H264
 /// (no B-frames, a keyframe a second) and AAC, for `/marks`.
 pub fn marks_clip(dir: &Path, seconds: u32) -> Result<PathBuf> {
+    marks_clip_with(dir, seconds, 0)
+}
+
+/// [`marks_clip`] with up to `b_frames` B-frames between references
+/// (x264's B-pyramid on, as encoders in cameras and OBS do it).
+pub fn marks_clip_with(dir: &Path, seconds: u32, b_frames: u32) -> Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
-    let path = dir.join(format!("marks-{seconds}s.mp4"));
+    let path = dir.join(format!("marks-{seconds}s-bf{b_frames}.mp4"));
+    let b_frames = b_frames.to_string();
     let clip = ClipSpec::new(VideoCodec::H264);
     let out = Command::new("ffmpeg")
         .args(["-hide_banner", "-nostdin", "-loglevel", "error", "-y"])
@@ -172,7 +179,7 @@ pub fn marks_clip(dir: &Path, seconds: u32) -> Result<PathBuf> {
         .args(["-f", "lavfi", "-i", &ClipSpec::audio_source()])
         .args(["-t", &seconds.to_string()])
         .args([
-            "-c:v", "libx264", "-preset", "veryfast", "-bf", "0", "-g", "30",
+            "-c:v", "libx264", "-preset", "veryfast", "-bf", &b_frames, "-g", "30",
         ])
         .args(["-pix_fmt", "yuv420p", "-b:v", "1500k"])
         .args(["-c:a", "aac", "-b:a", "128k", "-movflags", "+faststart"])

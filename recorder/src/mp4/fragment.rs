@@ -149,6 +149,8 @@ fn ticks_to_ns(ticks: u64, timescale: u32) -> u64 {
 struct ReadySample {
     duration: u32,
     sync: bool,
+    /// Presentation − decode time, in the timescale (B-frames).
+    composition_offset: i64,
     data: Bytes,
 }
 
@@ -156,6 +158,7 @@ struct ReadySample {
 struct HeldSample {
     ticks: u64,
     sync: bool,
+    composition_offset: i64,
     data: Bytes,
 }
 
@@ -202,12 +205,17 @@ impl Track {
 
     /// Takes a new sample at `ticks` (already made strictly increasing):
     /// the held one gets its duration and becomes ready.
-    fn push(&mut self, ticks: u64, sync: bool, data: Bytes) {
+    fn push(&mut self, ticks: u64, sync: bool, composition_offset: i64, data: Bytes) {
         if let Some(prev) = self.held.take() {
             let duration = u32::try_from(ticks - prev.ticks).unwrap_or(u32::MAX);
             self.make_ready(prev, duration);
         }
-        self.held = Some(HeldSample { ticks, sync, data });
+        self.held = Some(HeldSample {
+            ticks,
+            sync,
+            composition_offset,
+            data,
+        });
         self.last_ticks = Some(ticks);
     }
 
@@ -219,6 +227,7 @@ impl Track {
         self.ready.push(ReadySample {
             duration,
             sync: sample.sync,
+            composition_offset: sample.composition_offset,
             data: sample.data,
         });
     }
@@ -315,7 +324,9 @@ impl Fragmenter {
         self.video.is_some()
     }
 
-    /// Adds a frame at `time_ns` on the stream's timeline. Frames of both
+    /// Adds a frame decoded at `time_ns` on the stream's timeline (and
+    /// presented `frame.composition_offset` ticks later: video is timed at
+    /// the 90 kHz of its RTP clock). Frames of both
     /// tracks come interleaved in roughly increasing time; a frame not
     /// after the previous one of its track is moved one sample length after
     /// it (counted in [`Self::retimed_frames`]) rather than failing.
@@ -356,8 +367,14 @@ impl Fragmenter {
             ticks = last + u64::from(track.last_duration.max(1));
             self.retimed_frames += 1;
         }
-        // Every audio sample (Opus, AAC) decodes on its own.
-        track.push(ticks, frame.keyframe || !is_video, data);
+        // Every audio sample (Opus, AAC) decodes on its own, and is
+        // presented when decoded.
+        let composition_offset = if is_video {
+            frame.composition_offset
+        } else {
+            0
+        };
+        track.push(ticks, frame.keyframe || !is_video, composition_offset, data);
         Ok(true)
     }
 
@@ -538,6 +555,9 @@ fn build_moof(
 ) -> Result<MoofBox, Mp4Error> {
     let mut traf_boxes = Vec::with_capacity(tracks.len());
     for (track, &data_offset) in tracks.iter().zip(data_offsets) {
+        // Offsets only where frames are reordered; `trun` writes them
+        // for all of its samples or none.
+        let reordered = track.ready.iter().any(|s| s.composition_offset != 0);
         let samples = track
             .ready
             .iter()
@@ -546,7 +566,7 @@ fn build_moof(
                     duration: Some(s.duration),
                     size: Some(u32::try_from(s.data.len()).map_err(encode_err)?),
                     flags: Some(sample_flags(s.sync)),
-                    composition_time_offset: None,
+                    composition_time_offset: reordered.then_some(s.composition_offset),
                 })
             })
             .collect::<Result<Vec<_>, Mp4Error>>()?;
@@ -606,6 +626,7 @@ mod tests {
             timestamp: 0,
             keyframe,
             data: Bytes::from(vec![byte; 10]),
+            composition_offset: 0,
         }
     }
 
@@ -659,6 +680,31 @@ mod tests {
                 .sample_is_non_sync_sample()
         );
         assert_eq!(f.duration(), ticks_to_duration(4 * 3000, VIDEO_TIMESCALE));
+    }
+
+    #[test]
+    fn reordered_frames_keep_their_composition_offsets() {
+        let mut f = Fragmenter::new(Some(vp8()), None).expect("fragmenter");
+        // I0 P3 B1 B2 decoded one frame apart, presented at 1, 4, 2, 3.
+        for (i, offset) in [3000, 9000, 0, 0].into_iter().enumerate() {
+            let mut fr = frame(Codec::Vp8, i == 0, i as u8);
+            fr.composition_offset = offset;
+            f.push(&fr, i as u64 * FRAME_NS).expect("push");
+        }
+        f.push(&frame(Codec::Vp8, true, 9), 4 * FRAME_NS)
+            .expect("push");
+        let out = f.cut().expect("cut").expect("four samples");
+        let trun = &moof(&out).traf_boxes[0].trun_boxes[0];
+        let offsets: Vec<_> = trun
+            .samples
+            .iter()
+            .map(|s| s.composition_time_offset)
+            .collect();
+        assert_eq!(offsets, [Some(3000), Some(9000), Some(0), Some(0)]);
+        // Frames in order write no offsets at all.
+        let out = f.flush().expect("flush").expect("the last one");
+        let trun = &moof(&out).traf_boxes[0].trun_boxes[0];
+        assert_eq!(trun.samples[0].composition_time_offset, None);
     }
 
     #[test]

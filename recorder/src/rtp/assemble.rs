@@ -38,6 +38,11 @@ pub struct Frame {
     /// fields; Opus: one packet; AAC: one raw access unit (no ADTS
     /// header).
     pub data: Bytes,
+    /// How many ticks after its decode time the frame is presented
+    /// (`timestamp` is the presentation time): the container's composition
+    /// offset. 0 unless the video reorders frames (H264/H265 B-frames); set
+    /// by [`super::DecodeTimes`], since RTP carries presentation times only.
+    pub composition_offset: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -164,6 +169,7 @@ impl FrameAssembler {
                 timestamp,
                 keyframe: true,
                 data,
+                composition_offset: 0,
             });
             timestamp += aac::AU_SAMPLES;
         }
@@ -192,6 +198,7 @@ impl FrameAssembler {
                     timestamp: self.timestamps.unwrap(partial.timestamp),
                     keyframe: partial.keyframe,
                     data,
+                    composition_offset: 0,
                 });
             }
             _ => {

@@ -134,6 +134,7 @@ fn access_units(
                 timestamp: (index * 3000) as i64,
                 keyframe: *key,
                 data: Bytes::from(std::mem::take(au)),
+                composition_offset: 0,
             },
         ));
         *key = false;
@@ -252,6 +253,7 @@ fn ivf_frames(path: &Path, codec: Codec, start_index: u64) -> Vec<Timed> {
                 timestamp: (pts * 3000) as i64,
                 keyframe,
                 data: Bytes::from(frame),
+                composition_offset: 0,
             },
         ));
         rest = &rest[12 + size..];
@@ -324,6 +326,7 @@ pub fn opus(dir: &Path, seconds: f64) -> Vec<Timed> {
                     timestamp: (i * 960) as i64,
                     keyframe: true,
                     data: Bytes::from(p),
+                    composition_offset: 0,
                 },
             )
         })

@@ -393,7 +393,7 @@ mod tests {
             })
         );
         let au = [0, 0, 0, 2, 0x65, 9];
-        let tag = VideoTag::parse(&avc_nalu_packet(&au, true).unwrap()).unwrap();
+        let tag = VideoTag::parse(&avc_nalu_packet(&au, true, 0).unwrap()).unwrap();
         assert_eq!(
             tag,
             VideoTag::Frame {

@@ -190,6 +190,7 @@ mod tests {
                 timestamp: n * 3000,
                 keyframe,
                 data: Bytes::from_static(&[0, 0, 0, 1, 0x65]),
+                composition_offset: 0,
             },
         }
     }

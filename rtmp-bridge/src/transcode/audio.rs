@@ -291,6 +291,7 @@ impl OpusToAac {
                 timestamp: segment.timestamp + (pts - segment.pts),
                 keyframe: true,
                 data: Bytes::copy_from_slice(data),
+                composition_offset: 0,
             };
             out.push((time_ns, frame));
             stats.aac_frames_out += 1;

@@ -270,6 +270,7 @@ impl ToH264 {
                     timestamp: pts,
                     keyframe: self.packet.is_key(),
                     data: Bytes::from(data),
+                    composition_offset: 0,
                 },
             ));
             stats.h264_frames_out += 1;

@@ -101,6 +101,7 @@ pub fn h264_frames_gop(dir: &Path, seconds: u32, gop: u32) -> Vec<Frame> {
             timestamp: index * 3000,
             keyframe: *key,
             data: Bytes::from(std::mem::take(au)),
+            composition_offset: 0,
         });
         *key = false;
     };

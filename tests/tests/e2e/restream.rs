@@ -3,7 +3,7 @@
 //! gateway), over `rtmp://` and `rtmps://`, survives the server going away
 //! for a while, and reports its state through `/api/restreams`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,16 +17,6 @@ use whipcord_tests::probe;
 use whipcord_tests::synth::VideoCodec;
 
 const KEY: &str = "s3cretkey";
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "whipcord-restream-{name}-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
 
 /// The targets `GET /api/restreams` lists.
 async fn targets(api: &Api) -> Result<Vec<Value>> {
@@ -116,7 +106,11 @@ async fn check_av_sync(path: &Path) -> Result<()> {
 }
 
 async fn restream_to(tls: bool) -> Result<()> {
-    let dir = temp_dir(if tls { "rtmps" } else { "rtmp" });
+    let dir = whipcord_tests::temp_dir(if tls {
+        "restream-rtmps"
+    } else {
+        "restream-rtmp"
+    });
     let (ca, files) = test_pki(&dir);
     let mut nginx = Nginx::start(&dir, tls.then_some(&files));
     let url = match nginx.rtmps_port {
@@ -191,7 +185,7 @@ async fn restreams_over_rtmps_trusting_a_given_ca() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnects_after_the_server_restarts_and_viewers_see_no_gap() -> Result<()> {
-    let dir = temp_dir("restart");
+    let dir = whipcord_tests::temp_dir("restream-restart");
     let mut nginx = Nginx::start_with(&dir, None, None, true);
     let port = nginx.rtmp_port;
     let gw = Gateway::start_with(
@@ -254,7 +248,7 @@ async fn reconnects_after_the_server_restarts_and_viewers_see_no_gap() -> Result
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vp8_needs_transcode_and_transcodes_when_asked() -> Result<()> {
-    let dir = temp_dir("vp8");
+    let dir = whipcord_tests::temp_dir("restream-vp8");
     let mut nginx = Nginx::start(&dir, None);
     let gw = Gateway::start().await?;
     let api = Api::new(&gw);
@@ -312,7 +306,7 @@ async fn vp8_needs_transcode_and_transcodes_when_asked() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publisher_without_audio_gives_a_video_only_flv() -> Result<()> {
-    let dir = temp_dir("video-only");
+    let dir = whipcord_tests::temp_dir("restream-video-only");
     let mut nginx = Nginx::start(&dir, None);
     let gw = Gateway::start_with(GatewayOptions::default().arg("--restream").arg(format!(
         "cam=rtmp://127.0.0.1:{}/live/{KEY}",

@@ -5,6 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,7 @@ use whipcord_tests::api::Api;
 use whipcord_tests::client::{Viewer, WatchOptions, is_keyframe_start};
 use whipcord_tests::clip::ClipSpec;
 use whipcord_tests::gateway::{Gateway, GatewayOptions};
+use whipcord_tests::nginx::Nginx;
 use whipcord_tests::probe;
 use whipcord_tests::synth::VideoCodec;
 
@@ -303,13 +305,79 @@ async fn rtmp_garbage_ends_only_that_connection() -> Result<()> {
     Ok(())
 }
 
+/// Fetches the live playlist's init segment and listed segments of
+/// `stream` into one file in `dir`.
+async fn hls_capture(api: &Api, stream: &str, dir: &Path) -> Result<PathBuf> {
+    let playlist = api.get(&format!("/hls/{stream}/index.m3u8")).await?;
+    ensure!(playlist.status == 200, "playlist: {}", playlist.status);
+    let text = String::from_utf8_lossy(&playlist.body).into_owned();
+    let init = api.get(&format!("/hls/{stream}/init.mp4")).await?;
+    ensure!(init.status == 200, "init segment: {}", init.status);
+    let mut media = init.body.to_vec();
+    let mut segments = 0;
+    for uri in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
+        let seg = api.get(&format!("/hls/{stream}/{uri}")).await?;
+        ensure!(seg.status == 200, "{uri}: {}", seg.status);
+        media.extend_from_slice(&seg.body);
+        segments += 1;
+    }
+    ensure!(segments >= 2, "too few segments:\n{text}");
+    let file = dir.join("hls.mp4");
+    std::fs::write(&file, media)?;
+    Ok(file)
+}
+
+/// A file that decodes without a word from FFmpeg, still holds B-frames
+/// (kept as sent, not re-encoded), and whose flashes and beeps line up
+/// within `limit_ms` (presentation times right).
+async fn check_b_frame_copy(what: &str, path: &Path, pairs: usize, limit_ms: f64) -> Result<()> {
+    let p = path.to_owned();
+    let (errors, b_frames) = tokio::task::spawn_blocking(move || {
+        Ok::<_, anyhow::Error>((probe::decode_errors(&p)?, probe::b_frames(&p)?))
+    })
+    .await??;
+    ensure!(
+        errors.is_empty(),
+        "{what} does not decode cleanly:\n{errors}"
+    );
+    ensure!(b_frames > 20, "{what} holds {b_frames} B-frames");
+    if pairs > 0 {
+        let p = path.to_owned();
+        let offsets =
+            tokio::task::spawn_blocking(move || probe::check_av_sync(&p, pairs, limit_ms))
+                .await?
+                .with_context(|| format!("A/V sync of {what}"))?;
+        eprintln!("{what}: {b_frames} B-frames; flash time, beep - flash (ms): {offsets:.1?}");
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rtmp_b_frames_are_reported_to_the_operator() -> Result<()> {
+async fn rtmp_b_frames_are_reported_and_kept_intact() -> Result<()> {
     const API_TOKEN: &str = "rtmp-tests-api-token-0123456789";
-    let gw =
-        Gateway::start_with(GatewayOptions::default().arg("--api-token").arg(API_TOKEN)).await?;
-    let ffmpeg = ffmpeg_publish_with(&rtmp_url(&gw, "bframes"), 8, 2)?;
+    const KEY: &str = "bframes-out";
+    let dir = whipcord_tests::temp_dir("rtmp-bframes");
+    let mut nginx = Nginx::start(&dir, None);
+    let gw = Gateway::start_with(
+        GatewayOptions::default()
+            .arg("--api-token")
+            .arg(API_TOKEN)
+            .arg("--restream")
+            .arg(format!(
+                "bframes=rtmp://127.0.0.1:{}/live/{KEY}",
+                nginx.rtmp_port
+            )),
+    )
+    .await?;
+    // x264's default: 3 B-frames with B-pyramid, what most RTMP encoders
+    // send unless told otherwise.
+    let ffmpeg = ffmpeg_publish_with(&rtmp_url(&gw, "bframes"), 14, 3)?;
     wait_live(&gw, "bframes", Duration::from_secs(15)).await?;
+
+    // The operator is told, in the API and in the log.
     let admin = whipcord_tests::admin::Client::bearer(&gw, API_TOKEN);
     let deadline = Instant::now() + Duration::from_secs(10);
     let publisher = loop {
@@ -338,6 +406,33 @@ async fn rtmp_b_frames_are_reported_to_the_operator() -> Result<()> {
             .any(|l| l.contains("WARN") && l.contains("B-frames") && l.contains("bframes")),
         "no B-frame warning in the log:\n{log}"
     );
-    let _ = wait_exit(ffmpeg, Duration::from_secs(30)).await?;
+
+    // HLS keeps them: the first request starts it, a few seconds later
+    // the segments decode.
+    let api = Api::with_token(&gw, Some(API_TOKEN));
+    let first = api.get("/hls/bframes/index.m3u8").await?;
+    ensure!(first.status == 200, "HLS did not start: {}", first.status);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let hls = hls_capture(&api, "bframes", &dir).await?;
+    check_b_frame_copy("the HLS segments", &hls, 0, 0.0).await?;
+
+    let (ok, err) = wait_exit(ffmpeg, Duration::from_secs(30)).await?;
+    ensure!(ok, "ffmpeg failed: {err}");
+
+    // So does the recording, with its presentation times right.
+    let item = api
+        .wait_item("bframes", "complete", Duration::from_secs(15), |i| {
+            i["state"] == "complete"
+        })
+        .await?;
+    let name = item["file_name"].as_str().context("file_name")?;
+    let recording = gw.recordings_dir().join(name);
+    check_b_frame_copy("the recording", &recording, 6, 40.0).await?;
+
+    // And the restream: FLV composition times.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    nginx.stop();
+    check_b_frame_copy("the restreamed FLV", &nginx.recording(KEY), 6, 50.0).await?;
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

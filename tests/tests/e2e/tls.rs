@@ -19,16 +19,6 @@ use whipcord_tests::tls::{
     request, trusting,
 };
 
-fn temp_dir(what: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "whipcord-tls-{what}-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
-
 /// A test CA and a leaf for 127.0.0.1 and localhost, in `dir` (made).
 fn pki(dir: &Path) -> (std::path::PathBuf, TlsFiles) {
     std::fs::create_dir_all(dir).expect("pki dir");
@@ -73,7 +63,7 @@ fn install(from: &TlsFiles, cert: &Path, key: &Path) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pem_files_serve_every_route_over_https_and_reload_on_sighup() -> Result<()> {
-    let dir = temp_dir("files");
+    let dir = whipcord_tests::temp_dir("tls-files");
     let (ca, first) = pki(&dir.join("first"));
     let (ca2, second) = pki(&dir.join("second"));
     // The gateway reads its own copies, replaced in place below.
@@ -218,7 +208,7 @@ async fn pem_files_serve_every_route_over_https_and_reload_on_sighup() -> Result
 
 #[tokio::test(flavor = "multi_thread")]
 async fn replaced_pem_files_are_picked_up_without_a_signal() -> Result<()> {
-    let dir = temp_dir("watch");
+    let dir = whipcord_tests::temp_dir("tls-watch");
     let (_, first) = pki(&dir.join("first"));
     let (_, second) = pki(&dir.join("second"));
     let (cert, key) = (dir.join("live.pem"), dir.join("live.key"));
@@ -367,7 +357,7 @@ async fn wait_issued(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn acme_certificate_from_pebble_is_issued_cached_and_renewed() -> Result<()> {
-    let dir = temp_dir("acme");
+    let dir = whipcord_tests::temp_dir("tls-acme");
     let port = free_port();
     // 45-second certificates: renewal is due 30 s after each issuance, and
     // a restart right after issuance still finds the stored one valid.
