@@ -7,15 +7,16 @@ use std::time::{Duration, Instant};
 
 use recorder::catalog::{ListQuery, Recording, RecordingState};
 use web_admin::control::{
-    MetricsSnapshot, NewRestream, RecordingFile, RecordingFilter, RecordingInfo, RecordingTotals,
-    RestreamInfo, ServerStats, SourceInfo, StreamInfo, ViewerInfo,
+    MetricsSnapshot, NewRestream, NewSource, RecordingFile, RecordingFilter, RecordingInfo,
+    RecordingTotals, RestreamInfo, ServerStats, SourceInfo, StreamInfo, ViewerInfo,
 };
 use web_admin::{Control, ControlError};
 
 use crate::bridge::Bridge;
 use crate::bridge::targets::{NewTarget, TargetError, TargetJson};
+use crate::config::{SourceConfig, SourceTransport};
 use crate::http::MediaHandle;
-use crate::ingest::rtsp::{SourceState, Sources};
+use crate::ingest::rtsp::{SourceError, SourceState, SourceStatus, Sources};
 use crate::recording::Recordings;
 use crate::signal::{Command, Inspection, SessionId, SessionSelector, SignalError};
 use crate::stream_name::StreamName;
@@ -304,25 +305,35 @@ impl Control for GatewayControl {
         self.sources
             .statuses()
             .into_iter()
-            .map(|s| SourceInfo {
-                stream: s.stream,
-                url: s.url,
-                transport: s.transport.to_owned(),
-                on_demand: s.on_demand,
-                state: match s.state {
-                    SourceState::Idle => "idle",
-                    SourceState::Connecting => "connecting",
-                    SourceState::Live => "live",
-                    SourceState::Retrying => "retrying",
-                    SourceState::Failed => "failed",
-                }
-                .to_owned(),
-                last_error: s.last_error,
-                connected_s: s.connected_s,
-                reconnects: s.reconnects,
-                codecs: s.codecs,
-            })
+            .map(source_info)
             .collect()
+    }
+
+    fn add_source(&self, new: &NewSource) -> Result<SourceInfo, ControlError> {
+        let transport = match new.transport.as_deref() {
+            None | Some("tcp") => SourceTransport::Tcp,
+            Some("udp") => SourceTransport::Udp,
+            Some("auto") => SourceTransport::Auto,
+            Some(_) => {
+                return Err(ControlError::Invalid(
+                    "transport must be tcp, udp or auto".into(),
+                ));
+            }
+        };
+        let config = SourceConfig {
+            stream: new.stream.clone(),
+            url: new.url.clone(),
+            transport,
+            on_demand: new.on_demand,
+        };
+        self.sources
+            .add(&config)
+            .map(source_info)
+            .map_err(source_error)
+    }
+
+    fn remove_source(&self, stream: &str) -> Result<(), ControlError> {
+        self.sources.remove(stream).map_err(source_error)
     }
 
     fn restreams(&self, stream: Option<&str>) -> Vec<RestreamInfo> {
@@ -469,4 +480,34 @@ fn resident_bytes() -> u64 {
     // SAFETY: sysconf only reads a constant.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     pages * u64::try_from(page).unwrap_or(4096)
+}
+
+fn source_info(s: SourceStatus) -> SourceInfo {
+    SourceInfo {
+        stream: s.stream,
+        url: s.url,
+        transport: s.transport.to_owned(),
+        on_demand: s.on_demand,
+        state: match s.state {
+            SourceState::Idle => "idle",
+            SourceState::Connecting => "connecting",
+            SourceState::Live => "live",
+            SourceState::Retrying => "retrying",
+            SourceState::Failed => "failed",
+        }
+        .to_owned(),
+        last_error: s.last_error,
+        connected_s: s.connected_s,
+        reconnects: s.reconnects,
+        codecs: s.codecs,
+    }
+}
+
+fn source_error(err: SourceError) -> ControlError {
+    match err {
+        SourceError::InvalidStream | SourceError::Url(_) => ControlError::Invalid(err.to_string()),
+        SourceError::Exists(_) | SourceError::FromConfig => ControlError::Conflict(err.to_string()),
+        SourceError::NotFound(_) => ControlError::NotFound("source"),
+        SourceError::ShuttingDown => ControlError::Unavailable(err.to_string()),
+    }
 }

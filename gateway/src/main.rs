@@ -66,17 +66,15 @@ fn main() -> anyhow::Result<()> {
         .context("starting the bridge runtime")?;
     let bridge = bridge::Bridge::new(config.clone(), bridge_runtime.handle().clone());
     // On-demand RTSP sources connect while the media plane counts
-    // consumers for them.
-    let (demand, demand_receivers) = ingest::demand::Demand::new(
-        config
-            .sources
-            .iter()
-            .filter(|s| s.on_demand)
-            .filter_map(|s| stream_name::StreamName::parse(&s.stream)),
-    );
-    let (media, media_thread, media_addr) =
-        media::start(config.clone(), recordings.clone(), bridge.clone(), demand)
-            .context("starting the media plane")?;
+    // consumers for them (sources register as they start).
+    let demand = ingest::demand::Demand::default();
+    let (media, media_thread, media_addr) = media::start(
+        config.clone(),
+        recordings.clone(),
+        bridge.clone(),
+        demand.clone(),
+    )
+    .context("starting the media plane")?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -84,7 +82,7 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the HTTP runtime")?;
     runtime.block_on(async {
-        let sources = ingest::rtsp::Sources::start(config.clone(), media.clone(), demand_receivers);
+        let sources = ingest::rtsp::Sources::start(&config, media.clone(), demand);
         let control = Arc::new(control::GatewayControl::new(
             media.clone(),
             recordings.clone(),

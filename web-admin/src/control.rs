@@ -248,6 +248,34 @@ pub struct SourceInfo {
     pub codecs: Vec<String>,
 }
 
+/// An RTSP source to add: the gateway pulls `url` and publishes it as
+/// `stream`.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct NewSource {
+    pub stream: String,
+    /// `rtsp://[user:pass@]host[:port]/path`; the credentials are kept for
+    /// the camera and never shown again.
+    pub url: String,
+    /// `tcp` (the default: works through NAT and firewalls), `udp` or
+    /// `auto` (UDP, then TCP if UDP fails).
+    #[serde(default)]
+    pub transport: Option<String>,
+    /// Connect only while someone watches, records or restreams it.
+    #[serde(default)]
+    pub on_demand: bool,
+}
+
+// Hand-written so a stray `{:?}` can never print the camera's password.
+impl std::fmt::Debug for NewSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewSource")
+            .field("stream", &self.stream)
+            .field("transport", &self.transport)
+            .field("on_demand", &self.on_demand)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Why the gateway could not do what was asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ControlError {
@@ -291,8 +319,12 @@ pub trait Control: Send + Sync + 'static {
     /// Reconnects now instead of waiting out the backoff.
     fn retry_restream(&self, id: u64) -> Result<(), ControlError>;
 
-    /// RTSP sources, in configuration order.
+    /// RTSP sources: the configuration's, then those added over the API.
     fn sources(&self) -> Vec<SourceInfo>;
+    /// Starts pulling a source (kept across restarts by the caller).
+    fn add_source(&self, new: &NewSource) -> Result<SourceInfo, ControlError>;
+    /// Stops and forgets a source added over the API.
+    fn remove_source(&self, stream: &str) -> Result<(), ControlError>;
 
     async fn server_stats(&self) -> ServerStats;
     async fn metrics(&self) -> MetricsSnapshot;

@@ -70,7 +70,7 @@ pub struct Admin {
 impl Admin {
     /// Opens the admin tables in the database at `db_path` (migrating
     /// them), sets up the admin password, and re-adds the restream targets
-    /// added over the API before the last stop.
+    /// and RTSP sources added over the API before the last stop.
     pub async fn open(
         db_path: &Path,
         config: AdminConfig,
@@ -97,6 +97,7 @@ impl Admin {
             started: Instant::now(),
         };
         admin.restore_restreams().await?;
+        admin.restore_sources()?;
         Ok(admin)
     }
 
@@ -166,6 +167,18 @@ impl Admin {
         target: Option<&str>,
     ) {
         self.audit(&principal.actor(), req, action, target, None);
+    }
+
+    fn restore_sources(&self) -> Result<(), StoreError> {
+        for stored in self.store.sources()? {
+            if let Err(err) = self.control.add_source(&stored) {
+                warn!(
+                    stream = stored.stream,
+                    "stored RTSP source not restored: {err}"
+                );
+            }
+        }
+        Ok(())
     }
 
     async fn restore_restreams(&self) -> Result<(), StoreError> {

@@ -384,3 +384,91 @@ async fn camera_credentials_never_show() -> Result<()> {
     ensure!(listing.contains("rtsp://127.0.0.1:"), "{listing}");
     Ok(())
 }
+
+/// Cameras added over the API: pulled at once with their credentials,
+/// shown without them, kept across a restart, removed again (the stream
+/// ends, the camera gets its TEARDOWN); bad requests get clear 4xx answers
+/// and a configured source cannot be removed there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sources_are_added_and_removed_over_the_api() -> Result<()> {
+    const PASSWORD: &str = "api-s3cret-pass";
+    let camera = RtspServer::gstreamer_with_auth("viewer", PASSWORD)?;
+    let url = format!("rtsp://viewer:{PASSWORD}@127.0.0.1:{}/cam", camera.port);
+    let mut gw =
+        Gateway::start_with(options().arg("--pull").arg(format!("configured={url}"))).await?;
+    let admin = Admin::bearer(&gw, API_TOKEN);
+    let added = admin
+        .post(
+            "/api/v1/sources",
+            &json!({"stream": "door", "url": url, "transport": "tcp"}),
+        )
+        .await?;
+    ensure!(added.status == 201, "adding: {}", added.status);
+    let body = String::from_utf8_lossy(&added.body).into_owned();
+    ensure!(
+        !body.contains(PASSWORD),
+        "the answer shows the password: {body}"
+    );
+    ensure!(body.contains("rtsp://127.0.0.1:"), "{body}");
+    wait_source(&gw, "door", "live", Duration::from_secs(15)).await?;
+    let viewer = Viewer::connect(&gw.base_url(), "door", WatchOptions::av()).await?;
+    viewer.wait_tracks(2, 30, Duration::from_secs(10)).await?;
+    viewer.close().await?;
+
+    for (request, status) in [
+        (json!({"stream": "door", "url": url}), 409),
+        (
+            json!({"stream": "tls", "url": "rtsps://127.0.0.1/cam"}),
+            400,
+        ),
+        (
+            json!({"stream": "odd", "url": url, "transport": "pigeon"}),
+            400,
+        ),
+        (json!({"stream": "../up", "url": url}), 400),
+        (json!({"stream": "nourl", "url": "not a url"}), 400),
+    ] {
+        let reply = admin.post("/api/v1/sources", &request).await?;
+        ensure!(
+            reply.status == status,
+            "{request}: {} (wanted {status}): {}",
+            reply.status,
+            String::from_utf8_lossy(&reply.body)
+        );
+    }
+    let configured = admin.delete("/api/v1/sources/configured").await?;
+    ensure!(
+        configured.status == 409,
+        "configured: {}",
+        configured.status
+    );
+
+    // Kept across a restart, credentials included.
+    gw.terminate()?;
+    gw.restart().await?;
+    wait_source(&gw, "door", "live", Duration::from_secs(15)).await?;
+
+    let closed_before = camera.count("CLIENT CLOSED");
+    let removed = admin.delete("/api/v1/sources/door").await?;
+    ensure!(removed.status == 204, "removing: {}", removed.status);
+    ensure!(
+        sources(&gw).await?.iter().all(|s| s["stream"] != "door"),
+        "still listed"
+    );
+    camera
+        .wait_count("CLIENT CLOSED", closed_before + 1, Duration::from_secs(10))
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while admin.stream("door").await?.is_some() {
+        ensure!(Instant::now() < deadline, "the stream outlived its source");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let again = admin.delete("/api/v1/sources/door").await?;
+    ensure!(again.status == 404, "removing twice: {}", again.status);
+    let log = gw.log_text();
+    ensure!(
+        !log.contains(PASSWORD),
+        "the log shows the password:\n{log}"
+    );
+    Ok(())
+}

@@ -24,7 +24,7 @@ use super::{audit, keys, recordings, restreams, server, sources, streams, tokens
         recordings::list, recordings::totals, recordings::show, recordings::remove,
         recordings::download,
         restreams::list, restreams::add, restreams::remove, restreams::retry,
-        sources::list,
+        sources::list, sources::add, sources::remove,
         keys::list, keys::create, keys::revoke,
         tokens::list, tokens::create, tokens::revoke,
         audit::list,

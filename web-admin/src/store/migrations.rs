@@ -72,10 +72,24 @@ CREATE TABLE restream_targets (
 );
 ",
     },
+    Migration {
+        version: 3,
+        description: "RTSP sources added over the API",
+        sql: "
+CREATE TABLE rtsp_sources (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream        TEXT    NOT NULL UNIQUE,
+    url           TEXT    NOT NULL,
+    transport     TEXT,
+    on_demand     INTEGER NOT NULL DEFAULT 0,
+    created_at_ms INTEGER NOT NULL
+);
+",
+    },
 ];
 
 /// The schema version this build writes.
-pub const LATEST_VERSION: i64 = 2;
+pub const LATEST_VERSION: i64 = 3;
 
 /// The admin schema version of `db` (0: no admin tables yet).
 pub fn current_version(db: &Connection) -> Result<i64, StoreError> {

@@ -10,6 +10,7 @@ mod keys;
 pub mod migrations;
 mod restreams;
 pub mod settings;
+mod sources;
 mod tokens;
 
 use std::path::Path;

@@ -126,7 +126,7 @@ impl Plane {
             self.remove_peer(key, now, "no media from publisher");
         }
         self.force_keyframes(now);
-        let on_demand: Vec<StreamName> = self.demand.streams().cloned().collect();
+        let on_demand: Vec<StreamName> = self.demand.streams();
         for stream in on_demand {
             self.update_demand(&stream);
         }
