@@ -500,6 +500,7 @@ fn source_info(s: SourceStatus) -> SourceInfo {
         connected_s: s.connected_s,
         reconnects: s.reconnects,
         codecs: s.codecs,
+        from_config: s.from_config,
     }
 }
 

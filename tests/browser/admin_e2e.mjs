@@ -178,6 +178,21 @@ async function run() {
   await waitText(admin, 'server-cpu', /%/, 10_000, 'dashboard server figures');
   step('login: redirect, wrong password refused, dashboard reached');
 
+  // 1b. A camera added on the dashboard is listed without its password (an
+  // unreachable loopback port: it retries), then removed.
+  await admin.fill(tid('source-stream'), 'door-cam');
+  await admin.fill(tid('source-url'), 'rtsp://cam:pa55word-x@127.0.0.1:9/none');
+  await admin.click(tid('source-add'));
+  await waitVisible(admin, 'source-row-door-cam', 10_000, 'the added camera');
+  const camRow = await admin.$eval(tid('source-row-door-cam'), (e) => e.textContent);
+  if (camRow.includes('pa55word-x')) fail(`the camera row shows its password: ${camRow}`);
+  if (!camRow.includes('rtsp://127.0.0.1:9/none')) fail(`the camera row lacks its URL: ${camRow}`);
+  await waitText(admin, 'source-state-door-cam', /^(connecting|retrying)$/, 10_000, 'camera state');
+  await admin.click(tid('source-remove-door-cam'));
+  await admin.waitForSelector(tid('source-row-door-cam'), { state: 'detached', timeout: 10_000 })
+    .catch(() => fail('the camera is still listed 10 s after Remove'));
+  step('camera added on the dashboard (password hidden) and removed');
+
   // 2. A publish key for exactly this stream, made on the Stream keys page.
   await navTo(admin, 'keys', 'key-name', 'Stream keys page');
   await admin.fill(tid('key-name'), KEY_NAME);

@@ -465,29 +465,69 @@
       empty.hidden = sorted.length > 0;
     }
 
-    // RTSP cameras: shown when the configuration has any.
-    const sources = table('sources-table', ['Stream', 'Camera', 'State', 'Codecs', ['Reconnects', 'num'], 'Last error']);
-    const sourcesSection = h('section', { 'aria-labelledby': 'h-sources', hidden: true, testid: 'sources' },
-      h('h2', { id: 'h-sources' }, 'Cameras (RTSP)'), sources.el);
+    // RTSP cameras: from the configuration or added here.
+    const sources = table('sources-table', ['Stream', 'Camera', 'State', 'Codecs', ['Reconnects', 'num'], 'Last error', '']);
+    const sStream = h('input', { id: 'source-stream', type: 'text', required: true, autocomplete: 'off', spellcheck: 'false', placeholder: 'door', testid: 'source-stream' });
+    const sUrl = h('input', { id: 'source-url', type: 'text', inputmode: 'url', required: true, autocomplete: 'off', spellcheck: 'false', placeholder: 'rtsp://user:password@192.168.1.20/stream1', testid: 'source-url' });
+    const sTransport = h('select', { id: 'source-transport', testid: 'source-transport' },
+      h('option', { value: 'tcp' }, 'TCP'), h('option', { value: 'udp' }, 'UDP'), h('option', { value: 'auto' }, 'Auto'));
+    const sOnDemand = h('input', { type: 'checkbox', testid: 'source-on-demand' });
+    const sAdd = h('button.primary', { type: 'submit', testid: 'source-add' }, 'Add camera');
+    const sForm = h('form.form-row', { testid: 'source-form' },
+      h('label', { for: 'source-stream' }, 'Stream', sStream),
+      h('label', { for: 'source-url' }, 'RTSP URL', sUrl),
+      h('label', { for: 'source-transport' }, 'Transport', sTransport),
+      h('label.check', null, sOnDemand, 'Only while watched'),
+      sAdd);
+    const sourcesSection = h('section.panel', { 'aria-labelledby': 'h-sources', testid: 'sources' },
+      h('h2', { id: 'h-sources' }, 'Cameras (RTSP)'), sources.el,
+      h('h3', null, 'Add a camera'), sForm,
+      h('p.muted', null, 'The password in the URL is kept for the camera and never shown again.'));
     main.append(sourcesSection);
-    async function refreshSources() {
-      const page = await api('GET', '/api/v1/sources?per_page=500').catch(() => null);
-      if (!ctx.alive || !page) return;
-      const items = page.items || [];
-      sourcesSection.hidden = items.length === 0;
-      keyedRows(sources.tbody, items, (x) => x.stream, (x, tr) => {
+    const sourcesGone = new Map();
+    let lastSources = [];
+    function renderSources(items) {
+      lastSources = items;
+      const shown = items.filter((x) => !(sourcesGone.get(x.stream) > Date.now()));
+      keyedRows(sources.tbody, shown, (x) => x.stream, (x, tr) => {
         tr.dataset.testid = `source-row-${x.stream}`;
         const c = { url: h('td.wrap'), state: badge('', `source-state-${x.stream}`), codecs: h('td'), reconnects: h('td.num'), error: h('td.wrap') };
-        add(tr, [h('td', null, h('a', { href: '/admin/streams/' + enc(x.stream) }, x.stream)), c.url, h('td', null, c.state), c.codecs, c.reconnects, c.error]);
+        const remove = h('button.small.danger', { type: 'button', testid: `source-remove-${x.stream}` }, 'Remove');
+        remove.addEventListener('click', () => act(remove, async () => {
+          await api('DELETE', `/api/v1/sources/${enc(x.stream)}`);
+          sourcesGone.set(x.stream, Date.now() + 5000);
+          renderSources(lastSources);
+          notice('Camera removed.');
+        }));
+        add(tr, [h('td', null, h('a', { href: '/admin/streams/' + enc(x.stream) }, x.stream)), c.url, h('td', null, c.state), c.codecs, c.reconnects, c.error, h('td', null, remove)]);
         return (y) => {
           setText(c.url, y.url + ' · ' + y.transport + (y.on_demand ? ' · on demand' : ''));
           setBadge(c.state, y.state);
           setText(c.codecs, (y.codecs || []).join(', '));
           setText(c.reconnects, String(y.reconnects));
           setText(c.error, y.last_error || '');
+          remove.disabled = !!y.from_config;
+          remove.title = y.from_config ? 'Set in the configuration file' : '';
         };
-      }, 'No cameras.', 6);
+      }, 'No cameras.', 7);
     }
+    async function refreshSources() {
+      const page = await api('GET', '/api/v1/sources?per_page=500').catch(() => null);
+      if (!ctx.alive || !page) return;
+      renderSources(page.items || []);
+    }
+    sForm.addEventListener('submit', (ev) => {
+      ev.preventDefault();
+      act(sAdd, async () => {
+        const stream = sStream.value.trim();
+        await api('POST', '/api/v1/sources', { stream, url: sUrl.value.trim(), transport: sTransport.value, on_demand: sOnDemand.checked });
+        sourcesGone.delete(stream);
+        sUrl.value = '';
+        sStream.value = '';
+        notice('Camera added.');
+        await refreshSources();
+      });
+    });
     refreshSources();
     ctx.every(3000, refreshSources);
 

@@ -246,6 +246,8 @@ pub struct SourceInfo {
     pub reconnects: u64,
     /// Codecs of the current or last connection.
     pub codecs: Vec<String>,
+    /// Set in the configuration file: removable there only.
+    pub from_config: bool,
 }
 
 /// An RTSP source to add: the gateway pulls `url` and publishes it as

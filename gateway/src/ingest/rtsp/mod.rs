@@ -106,7 +106,7 @@ impl Sources {
         for source in &config.sources {
             if let Err(err) = sources.add_entry(source, true) {
                 error!(stream = %source.stream, "RTSP source not started: {err}");
-                let status = StatusCell::new(initial_status(source, None));
+                let status = StatusCell::new(initial_status(source, None, true));
                 status.failed(err.to_string());
                 let (stop, _) = watch::channel(true);
                 sources.entries().list.push(Entry {
@@ -173,7 +173,7 @@ impl Sources {
         if entries.list.iter().any(|e| e.stream == source.stream) {
             return Err(SourceError::Exists(source.stream.clone()));
         }
-        let status = StatusCell::new(initial_status(source, Some(&url)));
+        let status = StatusCell::new(initial_status(source, Some(&url), from_config));
         let demand = if source.on_demand {
             let consumers = self.inner.demand.register(stream.clone());
             DemandWatch::on_demand(consumers, self.inner.linger)
@@ -247,7 +247,11 @@ impl Sources {
     }
 }
 
-fn initial_status(source: &SourceConfig, url: Option<&SourceUrl>) -> SourceStatus {
+fn initial_status(
+    source: &SourceConfig,
+    url: Option<&SourceUrl>,
+    from_config: bool,
+) -> SourceStatus {
     SourceStatus {
         stream: source.stream.clone(),
         url: match url {
@@ -274,5 +278,6 @@ fn initial_status(source: &SourceConfig, url: Option<&SourceUrl>) -> SourceStatu
         connected_s: None,
         reconnects: 0,
         codecs: Vec::new(),
+        from_config,
     }
 }

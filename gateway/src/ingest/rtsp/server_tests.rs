@@ -120,6 +120,7 @@ fn status() -> StatusCell {
         connected_s: None,
         reconnects: 0,
         codecs: Vec::new(),
+        from_config: true,
     })
 }
 

@@ -40,6 +40,8 @@ pub struct SourceStatus {
     pub reconnects: u64,
     /// The codecs of the current (or last) connection: `H264`, `AAC`…
     pub codecs: Vec<String>,
+    /// Set in the configuration (removable there only), not over the API.
+    pub from_config: bool,
 }
 
 /// A source's status, written by its supervisor and read by the API.
@@ -133,6 +135,7 @@ mod tests {
             connected_s: None,
             reconnects: 0,
             codecs: Vec::new(),
+            from_config: true,
         });
         cell.connecting();
         cell.retrying("no media for 10 s".into());
